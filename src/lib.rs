@@ -1,0 +1,8 @@
+//! swarm-registry: a live registry of the Docker Swarm services under autoscaling.
+//!
+//! The core (the `pipeline` crate) folds inputs into snapshots and changes; this crate holds
+//! the edges around it. See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod control;
+pub mod status;

@@ -1,0 +1,3 @@
+//! The `swarm-registry` binary: reads configuration, starts the pipeline and its edges.
+
+fn main() {}
