@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::change::{Change, ChangeKind};
 use crate::labels::LabelRules;
-use crate::model::{Metrics, ServiceEntry, ServiceSpec, SourceStatus, Timestamp};
+use crate::model::{Metrics, ServiceEntry, ServiceSpec, SourceError, SourceStatus, Timestamp};
 use crate::snapshot::{MetricsRecord, ServiceRecord, Snapshot};
 
 /// Something that happened, as a source or a command reports it.
@@ -284,7 +284,10 @@ fn set_status(next: &mut Snapshot, status: &SourceStatus, at: Timestamp, out: &m
     match status {
         SourceStatus::Connected => next.source.last_contact = Some(at),
         SourceStatus::Unreachable { reason } => {
-            next.source.last_error = Some((at, reason.clone()));
+            next.source.last_error = Some(SourceError {
+                at,
+                message: reason.clone(),
+            });
         }
         SourceStatus::Connecting => {}
     }
@@ -308,7 +311,10 @@ fn changed_fields(old: &ServiceEntry, new: &ServiceEntry) -> Vec<&'static str> {
     };
     check("config_errors", old.config_errors != new.config_errors);
     check("created_at", old.created_at != new.created_at);
-    check("current_replicas", old.current_replicas != new.current_replicas);
+    check(
+        "current_replicas",
+        old.current_replicas != new.current_replicas,
+    );
     check("desired_tasks", old.desired_tasks != new.desired_tasks);
     check("id", old.id != new.id);
     check("labels", old.labels != new.labels);

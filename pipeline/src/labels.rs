@@ -4,7 +4,9 @@
 //! service silently unscaled. Here a bad value never removes a service: the field takes its
 //! default and the entry's `config_errors` names the label, the value and the reason.
 
-use crate::model::{ConfigError, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, Thresholds};
+use crate::model::{
+    ConfigError, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, Thresholds,
+};
 
 /// The default scale-up threshold, in percent, for both metrics.
 pub const DEFAULT_THRESHOLD: f64 = 70.0;
@@ -215,7 +217,13 @@ mod tests {
     fn defaults_follow_the_contract() {
         let e = LabelRules::default().entry(&spec(&[("autoscaler.enabled", "true")], 5));
         assert_eq!(e.metric, ScalingMetric::Cpu);
-        assert_eq!(e.thresholds, Thresholds { cpu: 70.0, memory: 70.0 });
+        assert_eq!(
+            e.thresholds,
+            Thresholds {
+                cpu: 70.0,
+                memory: 70.0
+            }
+        );
         assert_eq!(e.min_replicas, 1);
         assert_eq!(e.max_replicas, 5);
         let e = LabelRules::default().entry(&spec(&[], 1));
@@ -236,7 +244,13 @@ mod tests {
             3,
         ));
         assert_eq!(e.metric, ScalingMetric::Memory);
-        assert_eq!(e.thresholds, Thresholds { cpu: 50.0, memory: 80.5 });
+        assert_eq!(
+            e.thresholds,
+            Thresholds {
+                cpu: 50.0,
+                memory: 80.5
+            }
+        );
         assert_eq!((e.min_replicas, e.max_replicas), (2, 5));
         assert!(e.config_errors.is_empty());
     }
@@ -255,7 +269,13 @@ mod tests {
         ));
         assert_eq!(e.min_replicas, 1);
         assert_eq!(e.max_replicas, 2);
-        assert_eq!(e.thresholds, Thresholds { cpu: 70.0, memory: 70.0 });
+        assert_eq!(
+            e.thresholds,
+            Thresholds {
+                cpu: 70.0,
+                memory: 70.0
+            }
+        );
         assert_eq!(e.metric, ScalingMetric::Cpu);
         let mut labels = error_labels(&e);
         labels.sort();
@@ -275,7 +295,11 @@ mod tests {
             .position(|c| c.label == "autoscaler.min")
             .unwrap_or(0)];
         assert_eq!(min_err.value, "abc");
-        assert!(min_err.reason.contains("not a whole number"), "{}", min_err.reason);
+        assert!(
+            min_err.reason.contains("not a whole number"),
+            "{}",
+            min_err.reason
+        );
     }
 
     #[test]
@@ -291,7 +315,10 @@ mod tests {
 
     #[test]
     fn max_below_min_is_the_max_at_fault() {
-        let e = LabelRules::default().entry(&spec(&[("autoscaler.min", "3"), ("autoscaler.max", "2")], 4));
+        let e = LabelRules::default().entry(&spec(
+            &[("autoscaler.min", "3"), ("autoscaler.max", "2")],
+            4,
+        ));
         assert_eq!((e.min_replicas, e.max_replicas), (3, 4));
         assert_eq!(error_labels(&e), ["autoscaler.max"]);
     }
@@ -302,7 +329,10 @@ mod tests {
         assert_eq!((e.min_replicas, e.max_replicas), (1, 2));
         assert_eq!(error_labels(&e), ["autoscaler.min"]);
         // Both wrong: max falls back first, and if still too low the min does too.
-        let e = LabelRules::default().entry(&spec(&[("autoscaler.min", "9"), ("autoscaler.max", "4")], 1));
+        let e = LabelRules::default().entry(&spec(
+            &[("autoscaler.min", "9"), ("autoscaler.max", "4")],
+            1,
+        ));
         assert_eq!((e.min_replicas, e.max_replicas), (1, 2));
         assert_eq!(error_labels(&e), ["autoscaler.max", "autoscaler.min"]);
     }
@@ -310,7 +340,14 @@ mod tests {
     #[test]
     fn prefix_is_configurable() {
         let rules = LabelRules::new("scale");
-        let s = spec(&[("scale.enabled", "true"), ("scale.min", "2"), ("scale.max", "3")], 1);
+        let s = spec(
+            &[
+                ("scale.enabled", "true"),
+                ("scale.min", "2"),
+                ("scale.max", "3"),
+            ],
+            1,
+        );
         assert!(rules.is_enabled(&s));
         let e = rules.entry(&s);
         assert_eq!((e.min_replicas, e.max_replicas), (2, 3));
@@ -323,6 +360,9 @@ mod tests {
         assert_eq!(LabelRules::default().entry(&s).current_replicas, 1);
         s.desired_tasks = Some(3);
         let e = LabelRules::default().entry(&s);
-        assert_eq!((e.current_replicas, e.max_replicas, e.mode.as_str()), (3, 3, "global"));
+        assert_eq!(
+            (e.current_replicas, e.max_replicas, e.mode.as_str()),
+            (3, 3, "global")
+        );
     }
 }

@@ -19,11 +19,13 @@ pub mod model;
 pub mod snapshot;
 
 pub use change::{Change, ChangeKind};
-pub use driver::{clock_floor, Driver, Registry, RegistryConfig, RegistryStopped, Subscription, Update};
+pub use driver::{
+    clock_floor, Driver, Registry, RegistryConfig, RegistryStopped, Subscription, Update,
+};
 pub use fold::{Folder, Input, Transition};
 pub use labels::LabelRules;
 pub use model::{
-    ConfigError, Metrics, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, SourceHealth,
-    SourceStatus, Thresholds, Timestamp, UnsampledTask,
+    ConfigError, Metrics, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, SourceError,
+    SourceHealth, SourceStatus, Thresholds, Timestamp, UnsampledTask,
 };
 pub use snapshot::{ChangeLog, HistoryGone, MetricsRecord, ServiceMap, ServiceRecord, Snapshot};

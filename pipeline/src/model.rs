@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch. The fold never reads a clock: every input arrives with
 /// the time it was observed, so replaying the same inputs gives the same snapshots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
@@ -157,13 +159,21 @@ pub enum SourceStatus {
 /// (see [`SourceHealth::is_stale`]) so that the fold never needs a clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceHealth {
+    #[serde(flatten)]
     pub status: SourceStatus,
     /// When the status last changed.
     pub since: Timestamp,
     /// The last time the engine answered anything.
     pub last_contact: Option<Timestamp>,
     /// The last error and when it happened; kept after recovery so operators see what it was.
-    pub last_error: Option<(Timestamp, String)>,
+    pub last_error: Option<SourceError>,
+}
+
+/// An error the source ran into, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceError {
+    pub at: Timestamp,
+    pub message: String,
 }
 
 impl SourceHealth {

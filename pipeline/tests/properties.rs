@@ -3,8 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pipeline::{
-    ChangeKind, Folder, Input, Metrics, ServiceMode, ServiceSpec, Snapshot, SourceStatus,
-    Timestamp,
+    ChangeKind, Folder, Input, Metrics, ServiceMode, ServiceSpec, Snapshot, SourceStatus, Timestamp,
 };
 use proptest::prelude::*;
 
@@ -12,43 +11,55 @@ const FLOOR: u64 = 1_000;
 
 fn spec_strategy(slot: u8) -> impl Strategy<Value = ServiceSpec> {
     (
-        0u8..2,                                                        // generation: same name, new id
-        prop_oneof![Just(Some("true")), Just(Some("TRUE")), Just(Some("false")), Just(None)],
-        prop_oneof![Just(None), Just(Some("2")), Just(Some("abc")), Just(Some("9"))],
+        0u8..2, // generation: same name, new id
+        prop_oneof![
+            Just(Some("true")),
+            Just(Some("TRUE")),
+            Just(Some("false")),
+            Just(None)
+        ],
+        prop_oneof![
+            Just(None),
+            Just(Some("2")),
+            Just(Some("abc")),
+            Just(Some("9"))
+        ],
         prop_oneof![Just(None), Just(Some("5")), Just(Some("0"))],
-        0u64..4,                                                       // replicas
-        1u64..4,                                                       // version
-        proptest::option::of(0u64..4),                                 // running tasks
-        any::<bool>(),                                                 // global
+        0u64..4,                       // replicas
+        1u64..4,                       // version
+        proptest::option::of(0u64..4), // running tasks
+        any::<bool>(),                 // global
     )
-        .prop_map(move |(generation, enabled, min, max, replicas, version, running, global)| {
-            let mut labels = BTreeMap::new();
-            if let Some(v) = enabled {
-                labels.insert("autoscaler.enabled".to_owned(), v.to_owned());
-            }
-            if let Some(v) = min {
-                labels.insert("autoscaler.min".to_owned(), v.to_owned());
-            }
-            if let Some(v) = max {
-                labels.insert("autoscaler.max".to_owned(), v.to_owned());
-            }
-            labels.insert("team".to_owned(), "a".to_owned());
-            ServiceSpec {
-                id: format!("id{slot}g{generation}"),
-                name: format!("svc{slot}"),
-                labels,
-                mode: if global {
-                    ServiceMode::Global
-                } else {
-                    ServiceMode::Replicated(replicas)
-                },
-                created_at: "2024-01-15T10:30:00.000000000Z".to_owned(),
-                updated_at: format!("2024-01-15T10:3{version}:00.000000000Z"),
-                version,
-                running_tasks: running,
-                desired_tasks: Some(replicas),
-            }
-        })
+        .prop_map(
+            move |(generation, enabled, min, max, replicas, version, running, global)| {
+                let mut labels = BTreeMap::new();
+                if let Some(v) = enabled {
+                    labels.insert("autoscaler.enabled".to_owned(), v.to_owned());
+                }
+                if let Some(v) = min {
+                    labels.insert("autoscaler.min".to_owned(), v.to_owned());
+                }
+                if let Some(v) = max {
+                    labels.insert("autoscaler.max".to_owned(), v.to_owned());
+                }
+                labels.insert("team".to_owned(), "a".to_owned());
+                ServiceSpec {
+                    id: format!("id{slot}g{generation}"),
+                    name: format!("svc{slot}"),
+                    labels,
+                    mode: if global {
+                        ServiceMode::Global
+                    } else {
+                        ServiceMode::Replicated(replicas)
+                    },
+                    created_at: "2024-01-15T10:30:00.000000000Z".to_owned(),
+                    updated_at: format!("2024-01-15T10:3{version}:00.000000000Z"),
+                    version,
+                    running_tasks: running,
+                    desired_tasks: Some(replicas),
+                }
+            },
+        )
 }
 
 fn any_spec() -> impl Strategy<Value = ServiceSpec> {

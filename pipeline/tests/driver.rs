@@ -1,0 +1,217 @@
+//! The driver and subscriptions: store-before-send, no gap, no duplicate, lag recovery.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use pipeline::{HistoryGone, Input, Registry, RegistryConfig, ServiceMode, ServiceSpec, Update};
+
+fn spec(i: u64, replicas: u64) -> ServiceSpec {
+    ServiceSpec {
+        id: format!("id{i}"),
+        name: format!("svc{i}"),
+        labels: BTreeMap::from([("autoscaler.enabled".to_owned(), "true".to_owned())]),
+        mode: ServiceMode::Replicated(replicas),
+        created_at: "2024-01-15T10:30:00Z".to_owned(),
+        updated_at: "2024-01-15T10:30:00Z".to_owned(),
+        version: replicas,
+        running_tasks: None,
+        desired_tasks: None,
+    }
+}
+
+fn registry(log: usize, broadcast: usize) -> Registry {
+    let (registry, driver) = Registry::new(RegistryConfig {
+        log_capacity: log,
+        broadcast_capacity: broadcast,
+        floor: 500,
+        ..RegistryConfig::default()
+    });
+    tokio::spawn(driver.run(futures::stream::pending()));
+    registry
+}
+
+async fn next_change(sub: &mut pipeline::Subscription) -> std::sync::Arc<pipeline::Change> {
+    match sub.next().await {
+        Some(Update::Change(c)) => c,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_change_is_always_readable_in_the_snapshot() {
+    let registry = registry(1000, 1000);
+    let (_, mut sub) = registry.subscribe();
+    let writer = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                registry
+                    .send(Input::Upsert(spec(i % 7, i + 1)))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    // Each upsert changes the entry: one service.added/updated plus one services.updated;
+    // the first input also reports the source as connected (one health.check).
+    for expected in 501..=500 + 200 * 2 + 1 {
+        let change = next_change(&mut sub).await;
+        assert_eq!(change.seq, expected, "no gap, no duplicate");
+        assert!(registry.load().revision >= change.seq, "stored before sent");
+    }
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn subscribing_while_changes_flow_has_no_gap_and_no_duplicate() {
+    let registry = registry(10_000, 10_000);
+    let writer = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            for i in 0..500 {
+                registry
+                    .submit(Input::Upsert(spec(i % 11, i + 1)))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::task::yield_now().await;
+    let (snapshot, mut sub) = registry.subscribe();
+    writer.await.unwrap();
+    let end = registry.snapshot().revision;
+    let mut expected = snapshot.revision + 1;
+    while expected <= end {
+        let change = next_change(&mut sub).await;
+        assert_eq!(change.seq, expected);
+        expected += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_lagging_subscriber_is_caught_up_from_the_log() {
+    // The channel holds 4 changes; the log holds all of them.
+    let registry = registry(10_000, 4);
+    let (snapshot, mut sub) = registry.subscribe();
+    for i in 0..100 {
+        registry
+            .submit(Input::Upsert(spec(i % 5, i + 1)))
+            .await
+            .unwrap();
+    }
+    let end = registry.snapshot().revision;
+    let mut expected = snapshot.revision + 1;
+    while expected <= end {
+        assert_eq!(next_change(&mut sub).await.seq, expected);
+        expected += 1;
+    }
+    assert_eq!(sub.resets(), 0);
+}
+
+#[tokio::test]
+async fn a_subscriber_behind_the_log_gets_a_reset_then_live_changes() {
+    let registry = registry(8, 4);
+    let (_, mut sub) = registry.subscribe();
+    for i in 0..50 {
+        registry
+            .submit(Input::Upsert(spec(i % 5, i + 1)))
+            .await
+            .unwrap();
+    }
+    match sub.next().await {
+        Some(Update::Reset { snapshot, reason }) => {
+            assert!(matches!(reason, HistoryGone::Evicted { .. }), "{reason:?}");
+            assert_eq!(snapshot.services.len(), 5);
+            assert_eq!(sub.position(), snapshot.revision);
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert_eq!(sub.resets(), 1);
+    let before = registry.snapshot().revision;
+    registry
+        .submit(Input::Remove {
+            id: "id1".to_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut sub).await.seq, before + 1);
+}
+
+#[tokio::test]
+async fn resuming_replays_exactly_the_missed_changes() {
+    let registry = registry(1000, 1000);
+    for i in 0..10 {
+        registry.submit(Input::Upsert(spec(i, 1))).await.unwrap();
+    }
+    let held = registry.snapshot().revision;
+    registry.submit(Input::Upsert(spec(3, 2))).await.unwrap();
+    registry
+        .submit(Input::Remove {
+            id: "id4".to_owned(),
+        })
+        .await
+        .unwrap();
+    let mut sub = registry.subscribe_after(held);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let c = next_change(&mut sub).await;
+        got.push((c.seq - held, c.routing_key()));
+    }
+    assert_eq!(
+        got,
+        [
+            (1, "service.updated".to_owned()),
+            (2, "services.updated".to_owned()),
+            (3, "service.removed".to_owned()),
+            (4, "services.updated".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ids_from_an_earlier_run_or_the_future_get_a_reset() {
+    let registry = registry(1000, 1000);
+    registry.submit(Input::Upsert(spec(1, 1))).await.unwrap();
+    let now = registry.snapshot().revision;
+    for (asked, expect_earlier) in [(499, true), (now + 10, false)] {
+        let mut sub = registry.subscribe_after(asked);
+        match sub.next().await {
+            Some(Update::Reset { snapshot, reason }) => {
+                assert_eq!(snapshot.revision, now);
+                if expect_earlier {
+                    assert!(
+                        matches!(reason, HistoryGone::EarlierRun { .. }),
+                        "{reason:?}"
+                    );
+                } else {
+                    assert!(matches!(reason, HistoryGone::Future { .. }), "{reason:?}");
+                }
+            }
+            other => panic!("expected a reset for {asked}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_driver_stops_when_inputs_and_handles_are_gone() {
+    let (registry, driver) = Registry::new(RegistryConfig::default());
+    let inputs = futures::stream::iter(vec![Input::Upsert(spec(1, 1)), Input::Tick]);
+    let task = tokio::spawn(driver.run(inputs));
+    let (_, mut sub) = registry.subscribe();
+    drop(registry);
+    let last = task.await.unwrap();
+    assert_eq!(last.services.len(), 1);
+    let mut keys = Vec::new();
+    while let Some(Update::Change(c)) = sub.next().await {
+        keys.push(c.routing_key());
+    }
+    assert_eq!(
+        keys,
+        [
+            "service.added",
+            "health.check",
+            "services.updated",
+            "health.check"
+        ]
+    );
+}
