@@ -243,6 +243,10 @@ impl Driver {
             let at = clock();
             let transition = folder.fold(&current.load(), &input, at);
             let revision = transition.snapshot.revision;
+            // Log first, then store, then broadcast: each step can rely on the one before.
+            for change in &transition.changes {
+                transition.snapshot.log.record(change);
+            }
             // Stored even when nothing was emitted: observation times (last contact, last
             // full sync) still moved, and readers show them.
             current.store(Arc::new(transition.snapshot));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::change::{Change, ChangeKind};
 use crate::labels::LabelRules;
 use crate::model::{Metrics, ServiceEntry, ServiceSpec, SourceError, SourceStatus, Timestamp};
-use crate::snapshot::{MetricsRecord, ServiceRecord, Snapshot};
+use crate::snapshot::{Key, MetricsRecord, ServiceRecord, Snapshot};
 
 /// Something that happened, as a source or a command reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,9 +96,6 @@ impl Emitter {
             .enumerate()
             .map(|(i, kind)| Arc::new(Change::new(self.next_seq + i as u64, last, self.at, kind)))
             .collect();
-        for change in &changes {
-            snapshot.log.push(change.clone());
-        }
         changes
     }
 }
@@ -126,10 +123,10 @@ impl Folder {
                     }
                     services_changed |= self.upsert(&mut next, spec, Authority::List, &mut out);
                 }
-                let gone: Vec<(String, String)> = next
+                let gone: Vec<(Key, Key)> = next
                     .ids
                     .iter()
-                    .filter(|(id, _)| !seen.contains(id.as_str()))
+                    .filter(|(id, _)| !seen.contains(&id.as_ref()))
                     .map(|(id, name)| (id.clone(), name.clone()))
                     .collect();
                 for (id, name) in gone {
@@ -143,14 +140,14 @@ impl Folder {
             Input::Upsert(spec) => {
                 if self.rules.is_enabled(spec) {
                     services_changed |= self.upsert(&mut next, spec, Authority::Inspect, &mut out);
-                } else if let Some(name) = next.ids.get(&spec.id).cloned() {
+                } else if let Some(name) = next.ids.get(spec.id.as_str()).cloned() {
                     remove(&mut next, &spec.id, &name, &mut out);
                     services_changed = true;
                 }
                 observe_contact(&mut next, at, &mut out);
             }
             Input::Remove { id } => {
-                if let Some(name) = next.ids.get(id).cloned() {
+                if let Some(name) = next.ids.get(id.as_str()).cloned() {
                     remove(&mut next, id, &name, &mut out);
                     services_changed = true;
                 }
@@ -160,7 +157,7 @@ impl Folder {
                 service_id,
                 metrics,
             } => {
-                if let Some(name) = next.ids.get(service_id).cloned() {
+                if let Some(name) = next.ids.get(service_id.as_str()).cloned() {
                     set_metrics(&mut next, &name, metrics.as_ref(), &mut out);
                 }
             }
@@ -168,7 +165,7 @@ impl Folder {
                 set_status(&mut next, status, at, &mut out);
             }
             Input::Clear => {
-                let all: Vec<(String, String)> = next
+                let all: Vec<(Key, Key)> = next
                     .ids
                     .iter()
                     .map(|(id, name)| (id.clone(), name.clone()))
@@ -200,7 +197,7 @@ impl Folder {
     ) -> bool {
         let mut previous = next
             .ids
-            .get(&spec.id)
+            .get(spec.id.as_str())
             .and_then(|name| next.services.get(name))
             .cloned();
         if let Some(prev) = &previous {
@@ -219,14 +216,15 @@ impl Folder {
         }
         // Another service still holds this name: it was removed and a new one created under
         // the same name while we were not looking. The old one is gone.
-        if let Some(holder) = next.services.get(&spec.name).cloned() {
+        if let Some(holder) = next.services.get(spec.name.as_str()).cloned() {
             if holder.entry.id != spec.id {
                 remove(next, &holder.entry.id, &holder.entry.name, out);
             }
         }
         let record = Arc::new(ServiceRecord::new(entry, out.peek()));
-        next.services.insert(spec.name.clone(), record.clone());
-        next.ids.insert(spec.id.clone(), spec.name.clone());
+        let name = Key::from(spec.name.as_str());
+        next.services.insert(name.clone(), record.clone());
+        next.ids.insert(Key::from(spec.id.as_str()), name);
         match previous {
             Some(prev) => out.emit(ChangeKind::ServiceUpdated {
                 changed_fields: changed_fields(&prev.entry, &record.entry),
@@ -257,7 +255,7 @@ fn set_metrics(next: &mut Snapshot, name: &str, metrics: Option<&Metrics>, out: 
     match &metrics {
         Some(m) => {
             next.metrics.insert(
-                name.to_owned(),
+                Key::from(name),
                 MetricsRecord {
                     metrics: m.clone(),
                     revision: out.peek(),

@@ -17,6 +17,13 @@ pub const DEFAULT_MIN_REPLICAS: u64 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelRules {
     prefix: String,
+    // The full label names, built once: the fold reads them for every service it sees.
+    enabled: String,
+    metric: String,
+    cpu_threshold: String,
+    memory_threshold: String,
+    min: String,
+    max: String,
 }
 
 impl Default for LabelRules {
@@ -28,8 +35,16 @@ impl Default for LabelRules {
 impl LabelRules {
     /// Rules for labels named `<prefix>.enabled`, `<prefix>.min` and so on.
     pub fn new(prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        let name = |suffix: &str| format!("{prefix}.{suffix}");
         LabelRules {
-            prefix: prefix.into(),
+            enabled: name("enabled"),
+            metric: name("metric"),
+            cpu_threshold: name("cpu.threshold"),
+            memory_threshold: name("memory.threshold"),
+            min: name("min"),
+            max: name("max"),
+            prefix,
         }
     }
 
@@ -45,7 +60,7 @@ impl LabelRules {
     /// Whether a service is under autoscaling: `<prefix>.enabled` is "true", in any case.
     pub fn is_enabled(&self, spec: &ServiceSpec) -> bool {
         spec.labels
-            .get(&self.label("enabled"))
+            .get(&self.enabled)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     }
 
@@ -59,19 +74,18 @@ impl LabelRules {
         };
         let metric = self.metric(spec, &mut errors);
         let thresholds = Thresholds {
-            cpu: self.threshold(spec, "cpu.threshold", &mut errors),
-            memory: self.threshold(spec, "memory.threshold", &mut errors),
+            cpu: self.threshold(spec, &self.cpu_threshold, &mut errors),
+            memory: self.threshold(spec, &self.memory_threshold, &mut errors),
         };
         let default_max = current_replicas.max(2);
         let mut min = self
-            .integer(spec, "min", 0, &mut errors)
+            .integer(spec, &self.min, "min", 0, &mut errors)
             .unwrap_or(DEFAULT_MIN_REPLICAS);
-        let max_label = self.label("max");
-        let mut max = match self.integer(spec, "max", 1, &mut errors) {
+        let mut max = match self.integer(spec, &self.max, "max", 1, &mut errors) {
             Some(max) if max < min => {
                 errors.push(ConfigError {
-                    label: max_label.clone(),
-                    value: spec.labels.get(&max_label).cloned().unwrap_or_default(),
+                    label: self.max.clone(),
+                    value: spec.labels.get(&self.max).cloned().unwrap_or_default(),
                     reason: format!(
                         "max_replicas {max} is below min_replicas {min}; using the default {default_max}"
                     ),
@@ -83,10 +97,9 @@ impl LabelRules {
         };
         if max < min {
             // Only reachable when the maximum is a default: the minimum is the value at fault.
-            let min_label = self.label("min");
             errors.push(ConfigError {
-                label: min_label.clone(),
-                value: spec.labels.get(&min_label).cloned().unwrap_or_default(),
+                label: self.min.clone(),
+                value: spec.labels.get(&self.min).cloned().unwrap_or_default(),
                 reason: format!(
                     "min_replicas {min} exceeds max_replicas {max}; using the default {DEFAULT_MIN_REPLICAS}"
                 ),
@@ -117,8 +130,7 @@ impl LabelRules {
     }
 
     fn metric(&self, spec: &ServiceSpec, errors: &mut Vec<ConfigError>) -> ScalingMetric {
-        let label = self.label("metric");
-        let Some(value) = spec.labels.get(&label) else {
+        let Some(value) = spec.labels.get(&self.metric) else {
             return ScalingMetric::Cpu;
         };
         match value.trim().to_ascii_lowercase().as_str() {
@@ -126,7 +138,7 @@ impl LabelRules {
             "memory" => ScalingMetric::Memory,
             _ => {
                 errors.push(ConfigError {
-                    label,
+                    label: self.metric.clone(),
                     value: value.clone(),
                     reason: "metric must be cpu or memory; using the default cpu".to_owned(),
                 });
@@ -135,9 +147,8 @@ impl LabelRules {
         }
     }
 
-    fn threshold(&self, spec: &ServiceSpec, suffix: &str, errors: &mut Vec<ConfigError>) -> f64 {
-        let label = self.label(suffix);
-        let Some(value) = spec.labels.get(&label) else {
+    fn threshold(&self, spec: &ServiceSpec, label: &str, errors: &mut Vec<ConfigError>) -> f64 {
+        let Some(value) = spec.labels.get(label) else {
             return DEFAULT_THRESHOLD;
         };
         let reason = match value.trim().parse::<f64>() {
@@ -146,7 +157,7 @@ impl LabelRules {
             Err(_) => "threshold is not a number",
         };
         errors.push(ConfigError {
-            label,
+            label: label.to_owned(),
             value: value.clone(),
             reason: format!("{reason}; using the default {DEFAULT_THRESHOLD}"),
         });
@@ -154,22 +165,23 @@ impl LabelRules {
     }
 
     /// An integer label at least `floor`, or `None` (with an error recorded when it was set).
+    /// `what` names the setting in the reason.
     fn integer(
         &self,
         spec: &ServiceSpec,
-        suffix: &str,
+        label: &str,
+        what: &str,
         floor: i64,
         errors: &mut Vec<ConfigError>,
     ) -> Option<u64> {
-        let label = self.label(suffix);
-        let value = spec.labels.get(&label)?;
+        let value = spec.labels.get(label)?;
         let reason = match value.trim().parse::<i64>() {
             Ok(n) if n >= floor => return u64::try_from(n).ok(),
-            Ok(_) => format!("{suffix} must be at least {floor}"),
-            Err(_) => format!("{suffix} is not a whole number"),
+            Ok(_) => format!("{what} must be at least {floor}"),
+            Err(_) => format!("{what} is not a whole number"),
         };
         errors.push(ConfigError {
-            label,
+            label: label.to_owned(),
             value: value.clone(),
             reason: format!("{reason}; using the default"),
         });

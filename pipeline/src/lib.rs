@@ -28,4 +28,6 @@ pub use model::{
     ConfigError, Metrics, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, SourceError,
     SourceHealth, SourceStatus, Thresholds, Timestamp, UnsampledTask,
 };
-pub use snapshot::{ChangeLog, HistoryGone, MetricsRecord, ServiceMap, ServiceRecord, Snapshot};
+pub use snapshot::{
+    ChangeLog, HistoryGone, Key, MetricsRecord, ServiceMap, ServiceRecord, Snapshot,
+};

@@ -6,15 +6,20 @@
 
 use std::sync::{Arc, OnceLock};
 
-use imbl::{OrdMap, Vector};
+use arc_swap::ArcSwapOption;
+use imbl::OrdMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::change::{Change, ChangeKind};
 use crate::model::{Metrics, ServiceEntry, SourceHealth, Timestamp};
 
+/// A map key. Shared strings, because a persistent map copies the keys of every node on the
+/// path it changes: cloning an `Arc<str>` is a counter increment, a `String` an allocation.
+pub type Key = Arc<str>;
+
 /// Registered services by name, in name order.
-pub type ServiceMap = OrdMap<String, Arc<ServiceRecord>>;
+pub type ServiceMap = OrdMap<Key, Arc<ServiceRecord>>;
 
 /// A registered service and the revision at which its entry last changed (its ETag).
 #[derive(Debug)]
@@ -80,43 +85,51 @@ pub enum HistoryGone {
     EarlierRun { requested: u64, floor: u64 },
 }
 
-/// The most recent changes, oldest first, bounded in count.
-#[derive(Debug, Clone)]
+/// The most recent changes, bounded in count, shared by every snapshot of a run.
+///
+/// A ring of slots indexed by `seq % capacity`. The driver records each change before it
+/// stores the snapshot that includes it, so a snapshot at revision R finds every kept change up
+/// to R. A slot later reused by a newer change reads as evicted (its seq no longer matches).
+/// Appending is one atomic store and nothing is copied, which a persistent vector inside each
+/// snapshot could not offer: it copied a chunk of the log on every transition. Readers never
+/// lock; there is one writer, the driver.
 pub struct ChangeLog {
-    changes: Vector<Arc<Change>>,
-    capacity: usize,
+    slots: Box<[ArcSwapOption<Change>]>,
+}
+
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog")
+            .field("capacity", &self.slots.len())
+            .finish()
+    }
 }
 
 impl ChangeLog {
     pub fn new(capacity: usize) -> Self {
         ChangeLog {
-            changes: Vector::new(),
-            capacity: capacity.max(1),
+            slots: (0..capacity.max(1))
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
         }
-    }
-
-    pub(crate) fn push(&mut self, change: Arc<Change>) {
-        self.changes.push_back(change);
-        while self.changes.len() > self.capacity {
-            self.changes.pop_front();
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.changes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.slots.len()
     }
 
-    /// The seq of the oldest change still kept.
-    pub fn oldest(&self) -> Option<u64> {
-        self.changes.front().map(|c| c.seq)
+    /// Keep `change`, evicting the one `capacity` seqs older.
+    pub fn record(&self, change: &Arc<Change>) {
+        self.slot(change.seq).store(Some(change.clone()));
+    }
+
+    /// The change numbered `seq`, if still kept.
+    pub fn get(&self, seq: u64) -> Option<Arc<Change>> {
+        self.slot(seq).load_full().filter(|c| c.seq == seq)
+    }
+
+    fn slot(&self, seq: u64) -> &ArcSwapOption<Change> {
+        &self.slots[(seq % self.slots.len() as u64) as usize]
     }
 }
 
@@ -129,17 +142,18 @@ pub struct Snapshot {
     pub floor: u64,
     pub services: ServiceMap,
     /// Service id to name, to resolve removals that name only the id.
-    pub ids: OrdMap<String, String>,
+    pub ids: OrdMap<Key, Key>,
     /// The last revision that changed any service entry or the set: the ETag of the list.
     pub services_revision: u64,
     /// Latest metrics by service name; only registered services with running tasks have one.
-    pub metrics: OrdMap<String, MetricsRecord>,
+    pub metrics: OrdMap<Key, MetricsRecord>,
     pub source: SourceHealth,
     /// When the last authoritative full list was folded.
     pub last_full_sync: Option<Timestamp>,
     /// The original registry's counter of cache refreshes: full lists and clears.
     pub cache_version: u64,
-    pub log: ChangeLog,
+    /// Recent changes for resuming clients (see [`ChangeLog`]); shared, not copied.
+    pub log: Arc<ChangeLog>,
 }
 
 impl PartialEq for Snapshot {
@@ -166,7 +180,7 @@ impl Snapshot {
             source: SourceHealth::new(at),
             last_full_sync: None,
             cache_version: 0,
-            log: ChangeLog::new(log_capacity),
+            log: Arc::new(ChangeLog::new(log_capacity)),
         }
     }
 
@@ -196,15 +210,17 @@ impl Snapshot {
         if seq == self.revision {
             return Ok(Vec::new());
         }
-        let oldest = self.log.oldest().unwrap_or(self.revision + 1);
-        if seq + 1 < oldest {
-            return Err(HistoryGone::Evicted {
-                requested: seq,
-                oldest_kept: oldest,
-            });
+        let wanted = self.revision - seq;
+        let evicted = || HistoryGone::Evicted {
+            requested: seq,
+            oldest_kept: (self.revision + 1).saturating_sub(self.log.capacity() as u64),
+        };
+        if wanted > self.log.capacity() as u64 {
+            return Err(evicted());
         }
-        let start = (seq + 1 - oldest) as usize;
-        Ok(self.log.changes.iter().skip(start).cloned().collect())
+        (seq + 1..=self.revision)
+            .map(|s| self.log.get(s).ok_or_else(evicted))
+            .collect()
     }
 
     /// Apply one emitted change to this snapshot's services and metrics.
@@ -215,15 +231,16 @@ impl Snapshot {
     pub fn apply_change(&mut self, change: &Change) {
         match &change.kind {
             ChangeKind::ServiceAdded { service } | ChangeKind::ServiceUpdated { service, .. } => {
-                let name = service.entry.name.clone();
-                self.ids.insert(service.entry.id.clone(), name.clone());
+                let name = Key::from(service.entry.name.as_str());
+                self.ids
+                    .insert(Key::from(service.entry.id.as_str()), name.clone());
                 self.services.insert(name, service.clone());
                 self.services_revision = change.seq;
             }
             ChangeKind::ServiceRemoved { id, name } => {
-                self.ids.remove(id);
-                self.services.remove(name);
-                self.metrics.remove(name);
+                self.ids.remove(id.as_str());
+                self.services.remove(name.as_str());
+                self.metrics.remove(name.as_str());
                 self.services_revision = change.seq;
             }
             ChangeKind::ServicesUpdated { services } => {
@@ -236,7 +253,7 @@ impl Snapshot {
             } => match metrics {
                 Some(m) => {
                     self.metrics.insert(
-                        service_name.clone(),
+                        Key::from(service_name.as_str()),
                         MetricsRecord {
                             metrics: m.clone(),
                             revision: change.seq,
@@ -244,7 +261,7 @@ impl Snapshot {
                     );
                 }
                 None => {
-                    self.metrics.remove(service_name);
+                    self.metrics.remove(service_name.as_str());
                 }
             },
             ChangeKind::HealthCheck { source } => {

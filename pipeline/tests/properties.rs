@@ -222,7 +222,7 @@ proptest! {
             .snapshot
             .services
             .iter()
-            .map(|(name, record)| (name.clone(), record.entry.clone()))
+            .map(|(name, record)| (name.to_string(), record.entry.clone()))
             .collect();
         prop_assert_eq!(actual, expected);
         let listed: BTreeSet<&str> = enabled.iter().map(|s| s.id.as_str()).collect();
@@ -235,7 +235,7 @@ proptest! {
             })
             .collect();
         for (id, _) in before.ids.iter() {
-            prop_assert_eq!(listed.contains(id.as_str()), !removed.contains(id.as_str()), "id {}", id);
+            prop_assert_eq!(listed.contains(id.as_ref()), !removed.contains(id.as_ref()), "id {}", id);
         }
         // Metrics survive only for services still registered.
         for name in t.snapshot.metrics.keys() {
@@ -252,6 +252,9 @@ proptest! {
         let mut all = Vec::new();
         for (i, input) in history.iter().enumerate() {
             let t = folder.fold(&snapshot, input, Timestamp(i as i64));
+            for change in &t.changes {
+                t.snapshot.log.record(change); // as the driver does before storing
+            }
             all.extend(t.changes);
             snapshot = t.snapshot;
         }
