@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod control;
+pub mod logging;
 pub mod status;
