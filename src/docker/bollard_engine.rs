@@ -107,7 +107,10 @@ impl Engine for BollardEngine {
         async move {
             // Negotiation updates the version shared by every clone of the client.
             let docker = self
-                .bounded("the version request", self.docker.clone().negotiate_version())
+                .bounded(
+                    "the version request",
+                    self.docker.clone().negotiate_version(),
+                )
                 .await?;
             let info = self.bounded("the info request", docker.info()).await?;
             let swarm = info.swarm.unwrap_or_default();
@@ -209,17 +212,15 @@ impl Engine for BollardEngine {
                 one_shot: true,
             };
             let mut stream = self.docker.stats(container_id, Some(options));
-            let first = self.bounded("a stats request", async {
-                stream.next().await.transpose()
-            });
+            let first = self.bounded("a stats request", async { stream.next().await.transpose() });
             match first.await? {
-                Some(stats) => stats_reading(&stats, Instant::now()).map_err(|detail| {
-                    EngineError::Malformed {
+                Some(stats) => {
+                    stats_reading(&stats, Instant::now()).map_err(|detail| EngineError::Malformed {
                         address: self.address.clone(),
                         what: "stats answer".to_owned(),
                         detail,
-                    }
-                }),
+                    })
+                }
                 None => Err(EngineError::Malformed {
                     address: self.address.clone(),
                     what: "stats answer".to_owned(),
@@ -323,11 +324,7 @@ pub fn service_spec(service: &Service) -> Result<ServiceSpec, String> {
         mode,
         created_at: service.created_at.clone().unwrap_or_default(),
         updated_at: service.updated_at.clone().unwrap_or_default(),
-        version: service
-            .version
-            .as_ref()
-            .and_then(|v| v.index)
-            .unwrap_or(0),
+        version: service.version.as_ref().and_then(|v| v.index).unwrap_or(0),
         running_tasks: status.and_then(|s| s.running_tasks),
         desired_tasks: status.and_then(|s| s.desired_tasks),
     })
@@ -399,9 +396,7 @@ pub fn stats_reading(stats: &ContainerStatsResponse, at: Instant) -> Result<Stat
     let memory = stats.memory_stats.as_ref();
     let figures = MemoryFigures {
         usage: memory.and_then(|m| m.usage),
-        stats: memory
-            .and_then(|m| m.stats.clone())
-            .unwrap_or_default(),
+        stats: memory.and_then(|m| m.stats.clone()).unwrap_or_default(),
     };
     Ok(StatsReading {
         taken_at: at,
@@ -450,7 +445,10 @@ mod tests {
         assert_eq!((spec.version, spec.running_tasks), (0, None));
         assert!(spec.labels.is_empty());
         let bare = service(json!({"ID": "b", "Spec": {"Name": "b"}}));
-        assert_eq!(service_spec(&bare).unwrap().mode, ServiceMode::Replicated(1));
+        assert_eq!(
+            service_spec(&bare).unwrap().mode,
+            ServiceMode::Replicated(1)
+        );
         assert!(service_spec(&service(json!({"Spec": {"Name": "x"}}))).is_err());
         let err = service_spec(&service(json!({"ID": "i"}))).unwrap_err();
         assert!(err.contains("no name"), "{err}");
@@ -482,7 +480,13 @@ mod tests {
             "Type": "container", "Action": "start", "Actor": {"ID": "c2", "Attributes": {}}
         }))
         .unwrap();
-        assert_eq!(engine_event(&plain), EngineEvent { cursor: None, service_id: None });
+        assert_eq!(
+            engine_event(&plain),
+            EngineEvent {
+                cursor: None,
+                service_id: None
+            }
+        );
     }
 
     #[test]
@@ -514,7 +518,10 @@ mod tests {
         }))
         .unwrap();
         let r = stats_reading(&s, Instant::now()).unwrap();
-        assert_eq!((r.cpu_total, r.system_total, r.online_cpus, r.memory_used), (500, 9000, 3, 800));
+        assert_eq!(
+            (r.cpu_total, r.system_total, r.online_cpus, r.memory_used),
+            (500, 9000, 3, 800)
+        );
         let stopped: ContainerStatsResponse =
             serde_json::from_value(json!({"cpu_stats": {}, "memory_stats": {}})).unwrap();
         assert!(stats_reading(&stopped, Instant::now()).is_err());
@@ -530,8 +537,19 @@ mod tests {
                 message: "This node is not a swarm manager. Use \"docker swarm init\"".into(),
             },
         );
-        assert_eq!(e.to_string(), "docker engine at unix:///s is not a swarm manager");
-        let e = engine_error("unix:///s", "the service list", DockerError::RequestTimeoutError);
-        assert!(e.to_string().starts_with("cannot reach docker at unix:///s: "), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "docker engine at unix:///s is not a swarm manager"
+        );
+        let e = engine_error(
+            "unix:///s",
+            "the service list",
+            DockerError::RequestTimeoutError,
+        );
+        assert!(
+            e.to_string()
+                .starts_with("cannot reach docker at unix:///s: "),
+            "{e}"
+        );
     }
 }

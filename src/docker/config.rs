@@ -142,7 +142,8 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.name, "EVENT_DEBOUNCE_MAX_MS");
-        let e = SwarmConfig::from_vars(&Vars::from_pairs([("STATS_CONCURRENCY", "0")])).unwrap_err();
+        let e =
+            SwarmConfig::from_vars(&Vars::from_pairs([("STATS_CONCURRENCY", "0")])).unwrap_err();
         assert_eq!(e.name, "STATS_CONCURRENCY");
     }
 }

@@ -146,7 +146,10 @@ mod tests {
 
     #[test]
     fn cursor_renders_as_docker_since() {
-        assert_eq!(EventCursor(1_700_000_000_000_000_123).as_since(), "1700000000.000000123");
+        assert_eq!(
+            EventCursor(1_700_000_000_000_000_123).as_since(),
+            "1700000000.000000123"
+        );
         assert_eq!(EventCursor(5).as_since(), "0.000000005");
     }
 
@@ -155,11 +158,17 @@ mod tests {
         let e = EngineError::NotManager {
             address: "unix:///x.sock".into(),
         };
-        assert_eq!(e.to_string(), "docker engine at unix:///x.sock is not a swarm manager");
+        assert_eq!(
+            e.to_string(),
+            "docker engine at unix:///x.sock is not a swarm manager"
+        );
         let e = EngineError::Unreachable {
             address: "tcp://h:2375".into(),
             detail: "connection refused".into(),
         };
-        assert_eq!(e.to_string(), "cannot reach docker at tcp://h:2375: connection refused");
+        assert_eq!(
+            e.to_string(),
+            "cannot reach docker at tcp://h:2375: connection refused"
+        );
     }
 }

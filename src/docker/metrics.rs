@@ -147,10 +147,13 @@ impl<E: Engine> Sampler<E> {
             });
             match outcome {
                 Ok(f) => figures.entry(service.clone()).or_default().push(f),
-                Err(reason) => unsampled.entry(service.clone()).or_default().push(UnsampledTask {
-                    task_id: task.task_id.clone(),
-                    reason,
-                }),
+                Err(reason) => unsampled
+                    .entry(service.clone())
+                    .or_default()
+                    .push(UnsampledTask {
+                        task_id: task.task_id.clone(),
+                        reason,
+                    }),
             }
         }
 
@@ -246,7 +249,11 @@ impl<E: Engine> MetricsLoop<E> {
     }
 
     /// Run until `shutdown`. The first round starts as soon as the first full list is folded.
-    pub async fn run(mut self, requests: mpsc::Receiver<SampleRequest>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        requests: mpsc::Receiver<SampleRequest>,
+        shutdown: CancellationToken,
+    ) {
         // Forced samples are answered by their own tasks, so a long round never delays them.
         let forced = tokio::spawn(serve_forced(
             self.sampler.clone(),

@@ -65,7 +65,15 @@ pub async fn run(
             }
         }
     };
-    run_with_engine(Arc::new(engine), config, registry, commands, counters, shutdown).await;
+    run_with_engine(
+        Arc::new(engine),
+        config,
+        registry,
+        commands,
+        counters,
+        shutdown,
+    )
+    .await;
 }
 
 /// [`run`] with any [`Engine`]: the same source against a stand-in.
@@ -80,13 +88,17 @@ pub async fn run_with_engine<E: Engine>(
     let (refresh_tx, refresh_rx) = mpsc::channel(64);
     let (sample_tx, sample_rx) = mpsc::channel(64);
     let sync = tokio::spawn(
-        SyncLoop::new(engine.clone(), registry.clone(), counters.clone(), config.clone())
-            .run(refresh_rx, shutdown.clone()),
+        SyncLoop::new(
+            engine.clone(),
+            registry.clone(),
+            counters.clone(),
+            config.clone(),
+        )
+        .run(refresh_rx, shutdown.clone()),
     );
     let sampler = Sampler::new(engine, counters, &config);
-    let metrics = tokio::spawn(
-        MetricsLoop::new(sampler, registry, &config).run(sample_rx, shutdown.clone()),
-    );
+    let metrics =
+        tokio::spawn(MetricsLoop::new(sampler, registry, &config).run(sample_rx, shutdown.clone()));
     let mut open = true;
     loop {
         let command = tokio::select! {
@@ -101,7 +113,8 @@ pub async fn run_with_engine<E: Engine>(
                 }
             }
             Some(SourceCommand::SampleMetrics { service, done }) => {
-                if let Err(mpsc::error::SendError((_, done))) = sample_tx.send((service, done)).await
+                if let Err(mpsc::error::SendError((_, done))) =
+                    sample_tx.send((service, done)).await
                 {
                     let _ = done.send(Err(ControlError::SourceStopped));
                 }

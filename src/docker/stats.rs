@@ -205,7 +205,13 @@ mod tests {
             task_id: "t3".into(),
             reason: "runs on node n2".into(),
         }];
-        let m = summarize(&[busy.clone(), idle], skipped.clone(), 3, Timestamp(1_700_000_000_500)).unwrap();
+        let m = summarize(
+            &[busy.clone(), idle],
+            skipped.clone(),
+            3,
+            Timestamp(1_700_000_000_500),
+        )
+        .unwrap();
         assert_eq!(m.cpu_pct, 100.0);
         assert_eq!(m.memory_bytes, 200.0);
         assert_eq!(m.memory_pct, Some(20.0));
@@ -234,7 +240,8 @@ mod tests {
     #[test]
     fn restarted_container_is_reported_not_averaged() {
         let t = Instant::now();
-        let err = task_figures(&reading(t, 500, 500, 0), &reading(t, 10, 900, 0), None).unwrap_err();
+        let err =
+            task_figures(&reading(t, 500, 500, 0), &reading(t, 10, 900, 0), None).unwrap_err();
         assert!(err.contains("restarted"), "{err}");
     }
 }

@@ -99,7 +99,11 @@ impl<E: Engine> SyncLoop<E> {
     }
 
     /// Run until `shutdown` is cancelled or the registry stops.
-    pub async fn run(mut self, mut refreshes: mpsc::Receiver<RefreshReply>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut refreshes: mpsc::Receiver<RefreshReply>,
+        shutdown: CancellationToken,
+    ) {
         let period = self.config.refresh_interval;
         let mut poll = tokio::time::interval_at(Instant::now() + period, period);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -134,16 +138,20 @@ impl<E: Engine> SyncLoop<E> {
         }
     }
 
-    async fn on_event(&mut self, item: Option<Result<EngineEvent, EngineError>>) -> Result<(), Stopped> {
+    async fn on_event(
+        &mut self,
+        item: Option<Result<EngineEvent, EngineError>>,
+    ) -> Result<(), Stopped> {
         match item {
             None => {
-                tracing::info!(address = self.engine.address(), "docker event stream ended; reopening");
+                tracing::info!(
+                    address = self.engine.address(),
+                    "docker event stream ended; reopening"
+                );
                 self.close_events();
                 Ok(())
             }
-            Some(Err(e)) => {
-                self.on_failure(&e).await
-            }
+            Some(Err(e)) => self.on_failure(&e).await,
             Some(Ok(event)) => {
                 self.counters.events.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
@@ -193,7 +201,9 @@ impl<E: Engine> SyncLoop<E> {
             Err(e) => return self.on_failure(&e).await,
         };
         if self.opened_before {
-            self.counters.event_reconnects.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .event_reconnects
+                .fetch_add(1, Ordering::Relaxed);
         } else {
             tracing::info!(
                 address = self.engine.address(),
@@ -219,7 +229,8 @@ impl<E: Engine> SyncLoop<E> {
         }
         let horizon = self.config.refresh_interval * 2;
         let now = Instant::now();
-        self.last_hint.retain(|_, t| now.saturating_duration_since(*t) < horizon);
+        self.last_hint
+            .retain(|_, t| now.saturating_duration_since(*t) < horizon);
         let _ = self.full_list(ListReason::Poll).await?;
         Ok(())
     }
@@ -354,13 +365,19 @@ impl<E: Engine> SyncLoop<E> {
 
     fn on_contact(&mut self) {
         if self.failure.take().is_some() {
-            tracing::info!(address = self.engine.address(), "docker engine answers again");
+            tracing::info!(
+                address = self.engine.address(),
+                "docker engine answers again"
+            );
         }
     }
 
     /// Fold `input`. The future does not borrow the loop (whose event stream is not `Sync`),
     /// so the loop's futures stay `Send`.
-    fn submit(&self, input: Input) -> impl std::future::Future<Output = Result<u64, Stopped>> + Send + 'static {
+    fn submit(
+        &self,
+        input: Input,
+    ) -> impl std::future::Future<Output = Result<u64, Stopped>> + Send + 'static {
         let registry = self.registry.clone();
         async move { registry.submit(input).await.map_err(|_| Stopped) }
     }
