@@ -124,3 +124,6 @@ pub async fn run_with_engine<E: Engine>(
     let _ = sync.await;
     let _ = metrics.await;
 }
+
+#[cfg(test)]
+mod tests;
