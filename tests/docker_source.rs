@@ -482,8 +482,9 @@ async fn metrics_tell_a_busy_task_from_an_idle_one() {
     assert!(snap.revision >= revision);
     let b = &snap.metrics[&busy].metrics;
     let i = &snap.metrics[&idle].metrics;
+    // Clearly apart even on a loaded 2-core machine, where `yes` may get well under a core.
     assert!(
-        b.cpu_pct > i.cpu_pct + 20.0,
+        b.cpu_pct > i.cpu_pct + 10.0 && b.cpu_pct > 2.0 * i.cpu_pct,
         "busy {} vs idle {}",
         b.cpu_pct,
         i.cpu_pct
