@@ -225,7 +225,7 @@ struct DockerdGuard;
 
 impl Drop for DockerdGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(DEV_ENV)
+        let _ = std::process::Command::new(dev_env())
             .arg("docker-start")
             .output();
     }
@@ -261,7 +261,7 @@ async fn an_engine_outage_keeps_services_stale_and_loses_no_change() {
 
     let guard = DockerdGuard;
     let stop = tokio::task::spawn_blocking(|| {
-        std::process::Command::new(DEV_ENV)
+        std::process::Command::new(dev_env())
             .arg("docker-stop")
             .output()
     });
@@ -295,7 +295,7 @@ async fn an_engine_outage_keeps_services_stale_and_loses_no_change() {
     assert!(snap.services.contains_key(&kept) && snap.services.contains_key(&doomed));
 
     let start = tokio::task::spawn_blocking(|| {
-        std::process::Command::new(DEV_ENV)
+        std::process::Command::new(dev_env())
             .arg("docker-start")
             .output()
     });

@@ -13,7 +13,17 @@ use swarm_registry::status::SourceCounters;
 use tokio_util::sync::CancellationToken;
 
 pub const IMAGE: &str = "local/busybox:1";
-pub const DEV_ENV: &str = "/work/main/scripts/dev-env";
+
+/// The test bed's control script: the repository's own, or the main checkout's when this
+/// tree does not carry it.
+pub fn dev_env() -> std::path::PathBuf {
+    let own = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env");
+    if own.exists() {
+        own
+    } else {
+        std::path::PathBuf::from("/work/main/scripts/dev-env")
+    }
+}
 
 /// Whether the test bed's Swarm answers. When it does not: fail if
 /// SWARM_REGISTRY_REQUIRE_DOCKER=1, otherwise print a skip notice and return false.
