@@ -40,10 +40,18 @@ impl BollardEngine {
     /// A client for `address` (unix://, tcp://, http://, https:// with DOCKER_CERT_PATH).
     /// Nothing is sent yet: the API version is negotiated by [`Engine::identify`].
     pub fn connect(address: &str, timeout: Duration) -> Result<Self, EngineError> {
+        // Two rustls crypto providers are linked into this binary, so rustls cannot pick one
+        // by itself and a TLS client would panic without a process default. An error only
+        // means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let docker = Docker::connect_with_host(address)
             .map_err(|e| EngineError::Unreachable {
                 address: address.to_owned(),
-                detail: format!("cannot set up a client: {}", chain(&e)),
+                detail: match e {
+                    // The daemon removes its socket when it stops: the engine is simply down.
+                    DockerError::SocketNotFoundError(path) => format!("no socket at {path}"),
+                    other => format!("cannot set up a client: {}", chain(&other)),
+                },
             })?
             .with_timeout(timeout.max(Duration::from_secs(1)));
         Ok(BollardEngine {
@@ -525,6 +533,41 @@ mod tests {
         let stopped: ContainerStatsResponse =
             serde_json::from_value(json!({"cpu_stats": {}, "memory_stats": {}})).unwrap();
         assert!(stats_reading(&stopped, Instant::now()).is_err());
+    }
+
+    #[test]
+    fn clients_are_built_without_contacting_the_engine() {
+        let engine = BollardEngine::connect("tcp://127.0.0.1:1", Duration::from_secs(1)).unwrap();
+        assert_eq!(engine.address(), "tcp://127.0.0.1:1");
+        let err = BollardEngine::connect("unix:///nowhere.sock", Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "cannot reach docker at unix:///nowhere.sock: no socket at /nowhere.sock"
+        );
+        let err = BollardEngine::connect("ftp://x", Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("cannot reach docker at ftp://x: cannot set up a client"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_absent_engine_is_a_clear_error() {
+        // Port 1 on loopback: nothing listens, the connection is refused.
+        let engine = BollardEngine::connect("tcp://127.0.0.1:1", Duration::from_secs(2)).unwrap();
+        let err = engine.identify().await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot reach docker at tcp://127.0.0.1:1: "),
+            "{err}"
+        );
+        let err = engine.list_services().await.unwrap_err();
+        assert!(matches!(err, EngineError::Unreachable { .. }), "{err}");
     }
 
     #[test]

@@ -44,14 +44,20 @@ pub async fn run(
     counters: Arc<SourceCounters>,
     shutdown: CancellationToken,
 ) {
-    // Building the client only fails for unusable settings (an unreadable certificate, say);
-    // report it as the source's status and retry, in case files appear later.
-    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max * 10);
+    // Building the client fails while the daemon's socket is absent (dockerd not started yet)
+    // or for unusable settings (an unreadable certificate): report it as the source's status
+    // and retry at the reconnect pace, so a daemon that comes up is used at once.
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    let mut reported = None;
     let engine = loop {
         match BollardEngine::connect(&config.docker_url, config.request_timeout) {
             Ok(engine) => break engine,
             Err(e) => {
-                tracing::error!("{e}");
+                let reason = e.to_string();
+                if reported.as_ref() != Some(&reason) {
+                    tracing::warn!("{reason}; retrying");
+                    reported = Some(reason);
+                }
                 let status = Input::SourceStatus(SourceStatus::Unreachable {
                     reason: e.to_string(),
                 });

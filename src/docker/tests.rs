@@ -526,3 +526,39 @@ async fn metrics_average_local_tasks_and_say_what_was_skipped() {
     h.control.refresh().await.unwrap();
     assert!(h.registry.snapshot().metrics.get("alpha").is_none());
 }
+
+#[tokio::test]
+async fn an_absent_daemon_is_a_status_not_a_crash() {
+    let (registry, driver) = Registry::new(RegistryConfig::default());
+    tokio::spawn(driver.run(futures::stream::pending()));
+    let (_control, commands) = SourceControl::channel(4);
+    let shutdown = CancellationToken::new();
+    let config = SwarmConfig {
+        docker_url: "unix:///nonexistent/docker.sock".into(),
+        ..config()
+    };
+    let source = tokio::spawn(super::run(
+        config,
+        registry.clone(),
+        commands,
+        Arc::new(SourceCounters::default()),
+        shutdown.clone(),
+    ));
+    let expected = SourceStatus::Unreachable {
+        reason: "cannot reach docker at unix:///nonexistent/docker.sock: no socket at /nonexistent/docker.sock"
+            .into(),
+    };
+    for _ in 0..100 {
+        if registry.load().source.status == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(registry.load().source.status, expected);
+    assert!(registry.load().services.is_empty());
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), source)
+        .await
+        .expect("run returns on shutdown")
+        .unwrap();
+}
