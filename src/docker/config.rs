@@ -30,6 +30,9 @@ pub struct SwarmConfig {
     pub watchdog_grace: Duration,
     /// STATS_CONCURRENCY: container stats requests in flight at once.
     pub stats_concurrency: usize,
+    /// STATS_TIMEOUT_MS: the bound on one container stats call (one-shot stats answer in
+    /// milliseconds; a container that does not answer must not hold up a forced sample).
+    pub stats_timeout: Duration,
     /// STATS_WINDOW_MS: the pause between two stats readings when no earlier reading of the
     /// container exists (start-up, new tasks, forced samples).
     pub stats_window: Duration,
@@ -48,6 +51,7 @@ impl Default for SwarmConfig {
             reconnect_max: Duration::from_millis(1000),
             watchdog_grace: Duration::from_millis(1000),
             stats_concurrency: 8,
+            stats_timeout: Duration::from_millis(2000),
             stats_window: Duration::from_millis(500),
         }
     }
@@ -77,6 +81,7 @@ impl SwarmConfig {
             reconnect_max: positive_millis(vars, "EVENT_RECONNECT_MAX_MS", 1000)?,
             watchdog_grace: vars.millis("WATCHDOG_GRACE_MS", 1000)?,
             stats_concurrency: vars.number("STATS_CONCURRENCY", 8, 1)? as usize,
+            stats_timeout: positive_millis(vars, "STATS_TIMEOUT_MS", 2000)?,
             stats_window: positive_millis(vars, "STATS_WINDOW_MS", 500)?,
         };
         if config.debounce_max < config.debounce_quiet {

@@ -40,6 +40,7 @@ pub struct Sampler<E: Engine> {
     counters: Arc<SourceCounters>,
     concurrency: usize,
     window: std::time::Duration,
+    timeout: std::time::Duration,
 }
 
 impl<E: Engine> Clone for Sampler<E> {
@@ -49,6 +50,7 @@ impl<E: Engine> Clone for Sampler<E> {
             counters: self.counters.clone(),
             concurrency: self.concurrency,
             window: self.window,
+            timeout: self.timeout,
         }
     }
 }
@@ -60,6 +62,7 @@ impl<E: Engine> Sampler<E> {
             counters,
             concurrency: config.stats_concurrency.max(1),
             window: config.stats_window,
+            timeout: config.stats_timeout,
         }
     }
 
@@ -184,9 +187,17 @@ impl<E: Engine> Sampler<E> {
     ) -> BTreeMap<String, Result<StatsReading, EngineError>> {
         let engine = &self.engine;
         let counters = &self.counters;
+        let timeout = self.timeout;
         futures::stream::iter(containers.iter().cloned())
             .map(|c| async move {
-                let reading = engine.container_stats(&c).await;
+                let reading = tokio::time::timeout(timeout, engine.container_stats(&c))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(EngineError::Unreachable {
+                            address: engine.address().to_owned(),
+                            detail: format!("no stats answer within {timeout:?}"),
+                        })
+                    });
                 counters.stats_samples.fetch_add(1, Ordering::Relaxed);
                 if reading.is_err() {
                     counters.stats_failures.fetch_add(1, Ordering::Relaxed);

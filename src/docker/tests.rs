@@ -32,6 +32,8 @@ struct FakeState {
     /// By container: CPU nanoseconds used until `since`, and the busy fraction of one CPU
     /// from then on.
     load: BTreeMap<String, (f64, Instant, f64)>,
+    /// Containers whose stats calls never answer.
+    hanging: Vec<String>,
     feeds: VecDeque<mpsc::UnboundedReceiver<Result<EngineEvent, EngineError>>>,
     subscriptions: Vec<Option<EventCursor>>,
     lists: u64,
@@ -201,7 +203,11 @@ impl Engine for FakeEngine {
             })
         });
         let elapsed = now.duration_since(self.epoch).as_nanos() as f64;
+        let hangs = self.with(|s| s.hanging.iter().any(|c| c == id));
         async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
             let used = used.ok_or_else(|| EngineError::Refused {
                 address: ADDRESS.into(),
                 what: "a stats request".into(),
@@ -561,4 +567,40 @@ async fn an_absent_daemon_is_a_status_not_a_crash() {
         .await
         .expect("run returns on shutdown")
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_never_answers_does_not_hold_up_a_forced_sample() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let task = |n: &str| RunningTask {
+        task_id: format!("t-{n}"),
+        node_id: "node-1".into(),
+        container_id: Some(format!("c-{n}")),
+        memory_limit: None,
+    };
+    engine.with(|s| {
+        s.tasks.insert("a".into(), vec![task("ok"), task("stuck")]);
+        s.hanging.push("c-stuck".into());
+    });
+    engine.set_load("c-ok", 0.1);
+    let _feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let asked = Instant::now();
+    h.control.sample_metrics("alpha").await.unwrap();
+    // Bounded by the per-call timeout (plus the short window), not by the stuck container.
+    assert!(
+        asked.elapsed()
+            <= config().stats_timeout + config().stats_window + Duration::from_millis(100)
+    );
+    let m = h.registry.snapshot().metrics["alpha"].metrics.clone();
+    assert_eq!((m.tasks_running, m.tasks_sampled), (2, 1));
+    assert_eq!(m.unsampled_tasks[0].task_id, "t-stuck");
+    assert!(
+        m.unsampled_tasks[0].reason.contains("no stats answer"),
+        "{:?}",
+        m.unsampled_tasks
+    );
+    assert!(h.counters.stats_failures.load(Ordering::Relaxed) >= 1);
 }
