@@ -3,7 +3,8 @@
 //! bursts coalesce, and metrics come from real container stats.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+#[path = "common/swarm.rs"]
+mod swarm;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -11,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::query_parameters::UpdateServiceOptions;
-use common::swarm::*;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use pipeline::{ChangeKind, ServiceSpec, Update};
+use swarm::*;
 use swarm_registry::docker::engine::{
     EngineEvent, EngineIdentity, EventCursor, RunningTask, StatsReading,
 };
