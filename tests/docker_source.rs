@@ -502,3 +502,23 @@ async fn metrics_tell_a_busy_task_from_an_idle_one() {
         Err(swarm_registry::control::ControlError::UnknownService)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_is_negotiated_down_and_confirmed_a_manager() {
+    if !swarm_available("identify") {
+        return;
+    }
+    let _shared = ENGINE.read().await;
+    let engine =
+        BollardEngine::connect("unix:///var/run/docker.sock", Duration::from_secs(10)).unwrap();
+    let identity = engine.identify().await.unwrap();
+    let server = docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+    assert_eq!(
+        identity.api_version, server,
+        "speaks the engine's own API version"
+    );
+    let node = docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
+    assert_eq!(identity.node_id, node);
+    // Requests work at the negotiated version.
+    engine.list_services().await.unwrap();
+}
