@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod control;
+pub mod docker;
 pub mod logging;
 pub mod status;

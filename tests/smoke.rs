@@ -55,7 +55,8 @@ fn docker_get(socket: &str, path: &str) -> Result<String, String> {
         .set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
         .map_err(|e| format!("cannot set timeouts on {socket}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("cannot send GET {path} to {socket}: {e}"))?;
@@ -99,7 +100,9 @@ fn check_docker_swarm() -> Result<String, String> {
              (Swarm.LocalNodeState={state}, Swarm.ControlAvailable={control})"
         ));
     }
-    Ok(format!("engine {version} at {socket}, swarm manager active"))
+    Ok(format!(
+        "engine {version} at {socket}, swarm manager active"
+    ))
 }
 
 fn put_string(buf: &mut Vec<u8>, s: &str) {
@@ -193,7 +196,9 @@ fn check_rabbitmq_stream() -> Result<String, String> {
         ));
     }
     if code != RESPONSE_CODE_OK {
-        return Err(format!("{addr} refused PeerProperties with response code {code}"));
+        return Err(format!(
+            "{addr} refused PeerProperties with response code {code}"
+        ));
     }
     let count = r.u32()?;
     let (mut product, mut version) = (String::from("?"), String::from("?"));
@@ -206,7 +211,9 @@ fn check_rabbitmq_stream() -> Result<String, String> {
             _ => {}
         }
     }
-    Ok(format!("{product} {version} speaks the stream protocol on {addr}"))
+    Ok(format!(
+        "{product} {version} speaks the stream protocol on {addr}"
+    ))
 }
 
 #[test]

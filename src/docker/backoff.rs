@@ -1,0 +1,59 @@
+//! Pauses between reconnect attempts: doubling from a minimum to a cap, with jitter so that
+//! many registries do not hammer a recovering engine in step.
+
+use std::time::Duration;
+
+/// Exponential backoff with a cap. The jitter source is injected so tests are exact.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max: max.max(min),
+            attempt: 0,
+        }
+    }
+
+    /// The next pause. `jitter` in [0, 1) scales it into [75 %, 100 %] of the nominal value,
+    /// so the cap is never exceeded.
+    pub fn next(&mut self, jitter: f64) -> Duration {
+        let factor = 2u32.saturating_pow(self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        let nominal = self.min.saturating_mul(factor).min(self.max);
+        nominal.mul_f64(1.0 - 0.25 * jitter.clamp(0.0, 1.0))
+    }
+
+    /// Start over after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let seq: Vec<u128> = (0..6).map(|_| b.next(0.0).as_millis()).collect();
+        assert_eq!(seq, [100, 200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(0.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn jitter_only_shortens() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        assert_eq!(b.next(0.999_999).as_millis(), 75);
+        for _ in 0..40 {
+            assert!(b.next(0.5) <= Duration::from_millis(1000));
+        }
+    }
+}

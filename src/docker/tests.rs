@@ -1,0 +1,606 @@
+//! The source's behaviour against a scripted engine under paused time: faults a real dockerd
+//! cannot be made to produce on cue (a silently stalled event stream, an error at a chosen
+//! moment), and timing policies checked without waiting for real clocks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use pipeline::{Registry, RegistryConfig, ServiceMode, ServiceSpec, SourceStatus, Timestamp};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::engine::*;
+use super::{run_with_engine, SwarmConfig};
+use crate::control::{ControlError, SourceControl};
+use crate::status::SourceCounters;
+
+type Feed = mpsc::UnboundedSender<Result<EngineEvent, EngineError>>;
+
+#[derive(Default)]
+struct FakeState {
+    up: bool,
+    services: BTreeMap<String, ServiceSpec>,
+    tasks: BTreeMap<String, Vec<RunningTask>>,
+    /// By container: CPU nanoseconds used until `since`, and the busy fraction of one CPU
+    /// from then on.
+    load: BTreeMap<String, (f64, Instant, f64)>,
+    /// Containers whose stats calls never answer.
+    hanging: Vec<String>,
+    feeds: VecDeque<mpsc::UnboundedReceiver<Result<EngineEvent, EngineError>>>,
+    subscriptions: Vec<Option<EventCursor>>,
+    lists: u64,
+    inspects: u64,
+    list_delay: Duration,
+}
+
+/// An engine whose every answer a test decides.
+struct FakeEngine {
+    state: Mutex<FakeState>,
+    epoch: Instant,
+}
+
+const ADDRESS: &str = "unix:///fake.sock";
+
+fn down() -> EngineError {
+    EngineError::Unreachable {
+        address: ADDRESS.into(),
+        detail: "connection refused".into(),
+    }
+}
+
+impl FakeEngine {
+    fn new() -> Arc<Self> {
+        Arc::new(FakeEngine {
+            state: Mutex::new(FakeState {
+                up: true,
+                ..FakeState::default()
+            }),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// Script the next event subscription; the returned sender feeds it.
+    fn feed(&self) -> Feed {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.with(|s| s.feeds.push_back(rx));
+        tx
+    }
+
+    /// From now on, `container` keeps `fraction` of one CPU busy.
+    fn set_load(&self, container: &str, fraction: f64) {
+        let now = Instant::now();
+        self.with(|s| {
+            let used = s.load.get(container).map_or(0.0, |(used, since, f)| {
+                used + now.duration_since(*since).as_nanos() as f64 * f
+            });
+            s.load.insert(container.to_owned(), (used, now, fraction));
+        });
+    }
+
+    fn put(&self, id: &str, name: &str, version: u64, labels: &[(&str, &str)]) {
+        let spec = spec(id, name, version, labels);
+        self.with(|s| s.services.insert(id.to_owned(), spec));
+    }
+}
+
+fn spec(id: &str, name: &str, version: u64, labels: &[(&str, &str)]) -> ServiceSpec {
+    let mut all: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    all.insert("autoscaler.enabled".into(), "true".into());
+    ServiceSpec {
+        id: id.into(),
+        name: name.into(),
+        labels: all,
+        mode: ServiceMode::Replicated(1),
+        created_at: "2024-01-01T00:00:00Z".into(),
+        updated_at: format!("v{version}"),
+        version,
+        running_tasks: Some(1),
+        desired_tasks: Some(1),
+    }
+}
+
+fn event(cursor: i64, service: &str) -> Result<EngineEvent, EngineError> {
+    Ok(EngineEvent {
+        cursor: Some(EventCursor(cursor)),
+        service_id: Some(service.to_owned()),
+    })
+}
+
+impl Engine for FakeEngine {
+    fn address(&self) -> &str {
+        ADDRESS
+    }
+
+    fn identify(&self) -> BoxFuture<'_, Result<EngineIdentity, EngineError>> {
+        let up = self.with(|s| s.up);
+        async move {
+            if up {
+                Ok(EngineIdentity {
+                    api_version: "1.41".into(),
+                    node_id: "node-1".into(),
+                })
+            } else {
+                Err(down())
+            }
+        }
+        .boxed()
+    }
+
+    fn list_services(&self) -> BoxFuture<'_, Result<Vec<ServiceSpec>, EngineError>> {
+        async move {
+            let delay = self.with(|s| s.list_delay);
+            tokio::time::sleep(delay).await;
+            self.with(|s| {
+                if !s.up {
+                    return Err(down());
+                }
+                s.lists += 1;
+                Ok(s.services.values().cloned().collect())
+            })
+        }
+        .boxed()
+    }
+
+    fn inspect_service<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ServiceSpec>, EngineError>> {
+        let answer = self.with(|s| {
+            if !s.up {
+                return Err(down());
+            }
+            s.inspects += 1;
+            Ok(s.services.get(id).cloned())
+        });
+        async move { answer }.boxed()
+    }
+
+    fn events(
+        &self,
+        since: Option<EventCursor>,
+    ) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
+        self.with(|s| {
+            s.subscriptions.push(since);
+            match s.feeds.pop_front() {
+                Some(rx) => UnboundedReceiverStream::new(rx).boxed(),
+                None if !s.up => futures::stream::once(async { Err(down()) }).boxed(),
+                None => futures::stream::pending().boxed(),
+            }
+        })
+    }
+
+    fn running_tasks<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RunningTask>, EngineError>> {
+        let answer = self.with(|s| Ok(s.tasks.get(id).cloned().unwrap_or_default()));
+        async move { answer }.boxed()
+    }
+
+    fn container_stats<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<StatsReading, EngineError>> {
+        let now = Instant::now();
+        let used = self.with(|s| {
+            s.load.get(id).map(|(used, since, fraction)| {
+                used + now.duration_since(*since).as_nanos() as f64 * fraction
+            })
+        });
+        let elapsed = now.duration_since(self.epoch).as_nanos() as f64;
+        let hangs = self.with(|s| s.hanging.iter().any(|c| c == id));
+        async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            let used = used.ok_or_else(|| EngineError::Refused {
+                address: ADDRESS.into(),
+                what: "a stats request".into(),
+                detail: "404 no such container".into(),
+            })?;
+            // Two CPUs: the host accrues twice the wall time.
+            Ok(StatsReading {
+                taken_at: now,
+                cpu_total: used as u64,
+                system_total: (elapsed * 2.0) as u64,
+                online_cpus: 2,
+                memory_used: 1_000_000,
+            })
+        }
+        .boxed()
+    }
+}
+
+struct Harness {
+    registry: Registry,
+    control: SourceControl,
+    counters: Arc<SourceCounters>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn config() -> SwarmConfig {
+    SwarmConfig {
+        refresh_interval: Duration::from_secs(30),
+        metrics_interval: Duration::from_secs(60),
+        ..SwarmConfig::default()
+    }
+}
+
+fn start(engine: &Arc<FakeEngine>, config: SwarmConfig) -> Harness {
+    let (registry, driver) = Registry::new(RegistryConfig::default());
+    tokio::spawn(driver.run(futures::stream::pending()));
+    let (control, commands) = SourceControl::channel(16);
+    let counters = Arc::new(SourceCounters::default());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(run_with_engine(
+        engine.clone(),
+        config,
+        registry.clone(),
+        commands,
+        counters.clone(),
+        shutdown.clone(),
+    ));
+    Harness {
+        registry,
+        control,
+        counters,
+        shutdown,
+    }
+}
+
+/// Let the source run for `d` of (paused, auto-advancing) time.
+async fn run_for(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+async fn synced(h: &Harness) {
+    for _ in 0..200 {
+        if h.registry.load().last_full_sync.is_some() {
+            return;
+        }
+        run_for(Duration::from_millis(10)).await;
+    }
+    panic!("no first sync");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_stream_is_found_by_the_poll_and_reopened() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let _silent = engine.feed(); // a stream that never says anything
+    let h = start(&engine, config());
+    synced(&h).await;
+    assert_eq!(engine.with(|s| s.subscriptions.len()), 1);
+
+    // A change the stream never reports.
+    engine.put("b", "beta", 1, &[]);
+    run_for(Duration::from_secs(29)).await;
+    assert!(!h.registry.load().services.contains_key("beta"));
+    run_for(Duration::from_secs(1) + config().watchdog_grace + Duration::from_millis(50)).await;
+    let snap = h.registry.snapshot();
+    assert!(
+        snap.services.contains_key("beta"),
+        "the poll is authoritative"
+    );
+    assert_eq!(h.counters.event_stalls.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        engine.with(|s| s.subscriptions.len()),
+        2,
+        "the stream was reopened"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn announced_changes_are_not_stalls() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    engine.put("a", "alpha", 2, &[("autoscaler.max", "9")]);
+    feed.send(event(10, "a")).unwrap();
+    run_for(Duration::from_millis(10)).await;
+    assert_eq!(h.registry.load().services["alpha"].entry.max_replicas, 9);
+    run_for(Duration::from_secs(32)).await;
+    assert_eq!(h.counters.event_stalls.load(Ordering::Relaxed), 0);
+    assert_eq!(engine.with(|s| s.subscriptions.len()), 1);
+    assert!(engine.with(|s| s.lists) >= 2, "the poll happened");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_stream_resumes_from_the_last_event_and_relists() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let first = engine.feed();
+    let _second = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let since_first = engine.with(|s| s.subscriptions[0]);
+    assert!(
+        since_first.is_some(),
+        "the first subscription starts from now"
+    );
+    first.send(event(1_000, "a")).unwrap();
+    first.send(event(2_000, "a")).unwrap();
+    // A change while the stream is broken, beyond what replay would cover.
+    engine.put("b", "beta", 1, &[]);
+    first.send(Err(down())).unwrap();
+    run_for(config().reconnect_max + Duration::from_millis(100)).await;
+    let subs = engine.with(|s| s.subscriptions.clone());
+    assert_eq!(subs.len(), 2);
+    assert_eq!(
+        subs[1],
+        Some(EventCursor(2_000)),
+        "resumes from the last event seen"
+    );
+    assert!(
+        h.registry.load().services.contains_key("beta"),
+        "relisted after reconnecting"
+    );
+    assert_eq!(h.counters.event_reconnects.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_keeps_services_stale_and_recovers() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let contact = h.registry.load().source.last_contact;
+
+    engine.with(|s| s.up = false);
+    feed.send(Err(down())).unwrap();
+    run_for(Duration::from_secs(5)).await;
+    let snap = h.registry.snapshot();
+    assert!(
+        snap.services.contains_key("alpha"),
+        "the last good services are kept"
+    );
+    assert_eq!(
+        snap.source.status,
+        SourceStatus::Unreachable {
+            reason: "cannot reach docker at unix:///fake.sock: connection refused".into()
+        }
+    );
+    assert_eq!(snap.source.last_contact, contact);
+    assert!(snap.source.is_stale(Timestamp::now(), 60_000));
+    // Retries are capped: several per second, not a tight loop, not a long silence.
+    let errors = h.counters.engine_errors.load(Ordering::Relaxed);
+    assert!((5..=40).contains(&errors), "{errors} failures in 5 s");
+    assert_eq!(
+        h.control.refresh().await,
+        Err(ControlError::Engine(
+            "cannot reach docker at unix:///fake.sock: connection refused".into()
+        ))
+    );
+
+    engine.put("b", "beta", 1, &[]);
+    engine.with(|s| s.up = true);
+    run_for(config().reconnect_max + Duration::from_millis(100)).await;
+    let snap = h.registry.snapshot();
+    assert_eq!(snap.source.status, SourceStatus::Connected);
+    assert!(snap.services.contains_key("beta"));
+    assert!(!snap.source.is_stale(Timestamp::now(), 60_000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_events_costs_few_inspects_and_ends_right() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    for v in 2..=51u64 {
+        engine.put("a", "alpha", v, &[("autoscaler.max", &v.to_string())]);
+        feed.send(event(v as i64, "a")).unwrap();
+        run_for(Duration::from_millis(5)).await;
+    }
+    run_for(config().debounce_max).await;
+    assert_eq!(h.registry.load().services["alpha"].entry.max_replicas, 51);
+    let inspects = engine.with(|s| s.inspects);
+    assert!(
+        (2..=5).contains(&inspects),
+        "{inspects} inspects for 50 events"
+    );
+    assert_eq!(h.counters.events.load(Ordering::Relaxed), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_service_is_dropped_on_its_event() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    engine.with(|s| s.services.remove("a"));
+    feed.send(event(5, "a")).unwrap();
+    run_for(Duration::from_millis(10)).await;
+    assert!(h.registry.load().services.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_refreshes_share_lists() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let _feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    engine.with(|s| s.list_delay = Duration::from_millis(100));
+    let before = engine.with(|s| s.lists);
+    let answers = futures::future::join_all((0..8).map(|_| h.control.refresh())).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let lists = engine.with(|s| s.lists) - before;
+    assert!(
+        (1..=2).contains(&lists),
+        "{lists} lists for 8 concurrent refreshes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_average_local_tasks_and_say_what_was_skipped() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    engine.put("z", "zero", 1, &[]);
+    engine.with(|s| {
+        s.tasks.insert(
+            "a".into(),
+            vec![
+                RunningTask {
+                    task_id: "t1".into(),
+                    node_id: "node-1".into(),
+                    container_id: Some("c1".into()),
+                    memory_limit: Some(4_000_000),
+                },
+                RunningTask {
+                    task_id: "t2".into(),
+                    node_id: "node-2".into(),
+                    container_id: Some("c2".into()),
+                    memory_limit: Some(4_000_000),
+                },
+            ],
+        );
+    });
+    engine.set_load("c1", 0.5);
+    let _feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    // The first round runs at start-up, with a short window.
+    run_for(config().stats_window + Duration::from_millis(200)).await;
+    let snap = h.registry.snapshot();
+    let m = &snap.metrics["alpha"].metrics;
+    assert_eq!(m.cpu_pct, 50.0);
+    assert_eq!(m.memory_bytes, 1_000_000.0);
+    assert_eq!(m.memory_pct, Some(25.0));
+    assert_eq!((m.tasks_running, m.tasks_sampled), (2, 1));
+    assert_eq!(m.unsampled_tasks.len(), 1);
+    assert_eq!(m.unsampled_tasks[0].task_id, "t2");
+    assert!(
+        m.unsampled_tasks[0].reason.contains("node-2"),
+        "{:?}",
+        m.unsampled_tasks
+    );
+    assert!(
+        snap.metrics.get("zero").is_none(),
+        "no running task: no metrics"
+    );
+
+    // The next round spans the whole interval, from the previous reading.
+    engine.set_load("c1", 1.0);
+    run_for(config().metrics_interval).await;
+    let m = h.registry.snapshot().metrics["alpha"].metrics.clone();
+    // Almost all of the minute was at full load (the change came just after the reading).
+    assert!((99.0..=100.0).contains(&m.cpu_pct), "{}", m.cpu_pct);
+    assert_eq!(m.window_seconds, 60);
+
+    // A forced sample measures a fresh short window and answers within a second.
+    engine.set_load("c1", 0.25);
+    let asked = Instant::now();
+    let revision = h.control.sample_metrics("alpha").await.unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    let snap = h.registry.snapshot();
+    assert!(snap.revision >= revision);
+    assert_eq!(snap.metrics["alpha"].metrics.cpu_pct, 25.0);
+    assert_eq!(
+        h.control.sample_metrics("nope").await,
+        Err(ControlError::UnknownService)
+    );
+
+    // A removed service's metrics go with it.
+    engine.with(|s| s.services.remove("a"));
+    h.control.refresh().await.unwrap();
+    assert!(h.registry.snapshot().metrics.get("alpha").is_none());
+}
+
+#[tokio::test]
+async fn an_absent_daemon_is_a_status_not_a_crash() {
+    let (registry, driver) = Registry::new(RegistryConfig::default());
+    tokio::spawn(driver.run(futures::stream::pending()));
+    let (_control, commands) = SourceControl::channel(4);
+    let shutdown = CancellationToken::new();
+    let config = SwarmConfig {
+        docker_url: "unix:///nonexistent/docker.sock".into(),
+        ..config()
+    };
+    let source = tokio::spawn(super::run(
+        config,
+        registry.clone(),
+        commands,
+        Arc::new(SourceCounters::default()),
+        shutdown.clone(),
+    ));
+    let expected = SourceStatus::Unreachable {
+        reason: "cannot reach docker at unix:///nonexistent/docker.sock: no socket at /nonexistent/docker.sock"
+            .into(),
+    };
+    for _ in 0..100 {
+        if registry.load().source.status == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(registry.load().source.status, expected);
+    assert!(registry.load().services.is_empty());
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), source)
+        .await
+        .expect("run returns on shutdown")
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_never_answers_does_not_hold_up_a_forced_sample() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let task = |n: &str| RunningTask {
+        task_id: format!("t-{n}"),
+        node_id: "node-1".into(),
+        container_id: Some(format!("c-{n}")),
+        memory_limit: None,
+    };
+    engine.with(|s| {
+        s.tasks.insert("a".into(), vec![task("ok"), task("stuck")]);
+        s.hanging.push("c-stuck".into());
+    });
+    engine.set_load("c-ok", 0.1);
+    let _feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let asked = Instant::now();
+    h.control.sample_metrics("alpha").await.unwrap();
+    // Bounded by the per-call timeout (plus the short window), not by the stuck container.
+    assert!(
+        asked.elapsed()
+            <= config().stats_timeout + config().stats_window + Duration::from_millis(100)
+    );
+    let m = h.registry.snapshot().metrics["alpha"].metrics.clone();
+    assert_eq!((m.tasks_running, m.tasks_sampled), (2, 1));
+    assert_eq!(m.unsampled_tasks[0].task_id, "t-stuck");
+    assert!(
+        m.unsampled_tasks[0].reason.contains("no stats answer"),
+        "{:?}",
+        m.unsampled_tasks
+    );
+    assert!(h.counters.stats_failures.load(Ordering::Relaxed) >= 1);
+}
