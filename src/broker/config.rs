@@ -309,23 +309,22 @@ fn decode(encoded: &str, what: &str) -> Result<String, String> {
 }
 
 /// The URL with any password replaced by `***`, for error messages. Works on text that is not
-/// a valid URL too, since that is exactly when it is shown.
+/// a valid URL too, since that is exactly when it is shown: whatever lies between the first
+/// `:` of the user part and the last `@` is hidden, erring towards hiding too much.
 pub fn redact_url(raw: &str) -> String {
-    let Some(scheme_end) = raw.find("://") else {
+    let Some(at) = raw.rfind('@') else {
         return raw.to_owned();
     };
-    let rest = &raw[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
+    let start = raw
+        .find("://")
+        .map(|i| i + 3)
+        .or_else(|| raw.find("//").map(|i| i + 2))
+        .unwrap_or(0);
+    if start > at {
         return raw.to_owned();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &raw[..scheme_end + 3],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
+    }
+    match raw[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &raw[..start + colon], &raw[at..]),
         None => raw.to_owned(),
     }
 }
@@ -473,6 +472,8 @@ mod tests {
             "ftp://admin:hunter2@host/",
             "rabbitmq-stream://admin:hunter2@host/a/b",
             "amqp://admin:hunter2@host:notaport/",
+            "rabbitmq-stream//admin:hunter2@host",
+            "amqp://admin:hun/ter2@host",
         ] {
             let err = config(&[(URL_VAR, url)]).unwrap_err();
             assert!(!err.to_string().contains("hunter2"), "{err}");
@@ -509,5 +510,7 @@ mod tests {
         assert_eq!(redact_url("no scheme"), "no scheme");
         assert_eq!(redact_url("x://user@host"), "x://user@host");
         assert_eq!(redact_url("x://u:p@ss@host/"), "x://u:***@host/");
+        assert_eq!(redact_url("x//u:p/w@host"), "x//u:***@host");
+        assert_eq!(redact_url("x:u:p@host"), "x:***@host");
     }
 }
