@@ -170,7 +170,6 @@ impl<B: StreamBroker> Publisher<B> {
             tracing::info!("connected to the broker");
         }
         self.connected_before = true;
-        self.state.connected.store(true, Ordering::Relaxed);
         if let Some(notice) = connected.notice {
             self.record_error(notice);
         }
@@ -190,6 +189,7 @@ impl<B: StreamBroker> Publisher<B> {
                 self.record_error(message);
             }
         }
+        self.state.connected.store(true, Ordering::Relaxed);
     }
 
     fn on_failure(&mut self, error: &BrokerError) {
