@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use pipeline::{clock_floor, Input, Metrics, Registry, RegistryConfig, ServiceMode, ServiceSpec};
+use pipeline::{
+    clock_floor, Folder, Input, Metrics, Registry, RegistryConfig, ServiceMode, ServiceSpec,
+    Snapshot, Timestamp,
+};
 use rabbitmq_stream_client::Environment;
 use swarm_registry::broker::rabbit::to_message;
 use swarm_registry::broker::{
@@ -253,29 +256,28 @@ async fn bare_client(changes: u64, batch_size: usize) -> Option<f64> {
         .build(&stream)
         .await
         .ok()?;
-    // The same bodies the publisher sends, rendered beforehand.
-    let registry = registry_with_services().await;
-    let (_, mut updates) = registry.subscribe();
-    let feeder = {
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            for i in 0..changes {
-                let _ = registry.send(metrics_input(i)).await;
-            }
-        })
-    };
-    let mut outgoing = Vec::with_capacity(changes as usize);
-    while (outgoing.len() as u64) < changes {
-        match updates.next().await {
-            Some(pipeline::Update::Change(change)) => outgoing.push(Outgoing::from_change(&change)),
-            Some(pipeline::Update::Reset { .. }) | None => return None,
-        }
+    // The same bodies the publisher sends, rendered beforehand by the pure fold.
+    let folder = Folder::default();
+    let now = Timestamp::now();
+    let mut snapshot = Snapshot::empty(clock_floor(), 16, now);
+    for n in 0..SERVICES {
+        snapshot = folder
+            .fold(&snapshot, &Input::Upsert(spec(n)), now)
+            .snapshot;
     }
-    let _ = feeder.await;
+    let mut outgoing = Vec::with_capacity(changes as usize);
+    for i in 0..changes {
+        let transition = folder.fold(&snapshot, &metrics_input(i), now);
+        outgoing.extend(transition.changes.iter().map(|c| Outgoing::from_change(c)));
+        snapshot = transition.snapshot;
+    }
     let start = Instant::now();
     for chunk in outgoing.chunks(batch_size) {
         let messages = chunk.iter().map(to_message).collect();
-        producer.batch_send_with_confirm(messages).await.ok()?;
+        if let Err(e) = producer.batch_send_with_confirm(messages).await {
+            eprintln!("bare client: {e}");
+            return None;
+        }
     }
     let rate = changes as f64 / start.elapsed().as_secs_f64();
     let _ = producer.close().await;
