@@ -172,11 +172,7 @@ mod tests {
         let err = CoreConfig::from_vars(&Vars::from_pairs([("HEALTH_CHECK_INTERVAL_SEC", "soon")]))
             .unwrap_err();
         assert_eq!(err.name, "HEALTH_CHECK_INTERVAL_SEC");
-        assert!(
-            err.to_string()
-                .contains("HEALTH_CHECK_INTERVAL_SEC=\"soon\""),
-            "{err}"
-        );
+        assert!(err.to_string().contains("HEALTH_CHECK_INTERVAL_SEC=\"soon\""), "{err}");
         let err = CoreConfig::from_vars(&Vars::from_pairs([("HEALTH_CHECK_INTERVAL_SEC", "0")]))
             .unwrap_err();
         assert!(err.reason.contains("at least 1"), "{err}");
