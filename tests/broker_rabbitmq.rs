@@ -12,7 +12,8 @@ use broker_support::*;
 use pipeline::{clock_floor, Change, Input, Registry};
 use std::sync::Arc;
 use swarm_registry::broker::{
-    last_publishing_id, BrokerConfig, Outgoing, RabbitBroker, StreamBroker,
+    floor_above, last_publishing_id, starting_floor, BrokerConfig, Outgoing, RabbitBroker,
+    StreamBroker,
 };
 use swarm_registry::config::Vars;
 use swarm_registry::status::PublisherState;
@@ -190,7 +191,8 @@ async fn ids_continue_above_earlier_runs_and_nothing_is_stored_twice() {
         .await
         .unwrap();
     assert_eq!(last, Some(first_last));
-    let second = start_registry(last.unwrap() + 1);
+    assert!(starting_floor(&config, Duration::from_secs(5)).await >= first_last);
+    let second = start_registry(floor_above(0, last));
     let (state, shutdown, task) = spawn_publisher(&config, &second);
     submit(&second, Input::Upsert(labelled_spec("a1", "alpha", 1, 1))).await;
     submit(&second, Input::Upsert(labelled_spec("a1", "alpha", 2, 2))).await;
@@ -198,7 +200,7 @@ async fn ids_continue_above_earlier_runs_and_nothing_is_stored_twice() {
     shutdown.cancel();
     task.await.unwrap();
     let second_changes = run_changes(&second);
-    assert!(second_changes[0].seq > first_last);
+    assert_eq!(second_changes[0].seq, first_last + 1);
 
     // Re-sending ids the stream already holds (as after a lost confirm) is confirmed by the
     // broker and stored once.
@@ -296,7 +298,10 @@ async fn the_registry_starts_without_the_broker_and_publishes_once_it_appears() 
     // Start-up as the binary does it: the question is bounded, and its failure is not fatal.
     let asked = last_publishing_id(&config, Duration::from_secs(2)).await;
     assert!(asked.is_err(), "{asked:?}");
-    let registry = start_registry(clock_floor());
+    let clock = clock_floor();
+    let floor = starting_floor(&config, Duration::from_secs(2)).await;
+    assert!(floor >= clock);
+    let registry = start_registry(floor);
     let (state, shutdown, task) = spawn_publisher(&config, &registry);
     submit(
         &registry,
@@ -400,6 +405,48 @@ async fn a_bad_rabbitmq_url_is_a_clear_startup_error() {
     );
     assert!(!state.is_connected());
     assert!(!task.is_finished());
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_other_arguments_is_reported_and_still_used() {
+    let _shared = BROKER_LOCK.read().await;
+    if !rabbitmq_available("a_stream_with_other_arguments_is_reported_and_still_used") {
+        return;
+    }
+    let config = test_config("t6");
+    let _cleanup = StreamCleanup(config.endpoint.clone(), config.stream.clone());
+    let environment = rabbitmq_stream_client::Environment::builder()
+        .host("localhost")
+        .port(STREAM_PORT)
+        .build()
+        .await
+        .unwrap();
+    environment
+        .stream_creator()
+        .max_age(Duration::from_secs(60))
+        .create(&config.stream)
+        .await
+        .unwrap();
+
+    let registry = start_registry(clock_floor());
+    let (state, shutdown, task) = spawn_publisher(&config, &registry);
+    submit(
+        &registry,
+        Input::Upsert(labelled_spec("x1", "existing", 1, 1)),
+    )
+    .await;
+    wait_confirmed(&state, &registry, CONFIRM_LIMIT).await;
+    let error = state.last_error.lock().unwrap().clone().unwrap();
+    assert!(error.contains("exists with other arguments"), "{error}");
+    assert!(error.contains(&config.stream), "{error}");
+    let changes = run_changes(&registry);
+    let received = read_through(&config, changes.last().unwrap().seq).await;
+    assert_matches_changes(&received, &changes);
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

@@ -29,7 +29,7 @@ pub use config::{BrokerConfig, Endpoint, Retention, Secret, Tuning};
 pub use error::BrokerError;
 pub use message::Outgoing;
 pub use publisher::{Connected, Publisher, StreamBroker};
-pub use rabbit::{last_publishing_id, RabbitBroker};
+pub use rabbit::{floor_above, last_publishing_id, starting_floor, RabbitBroker};
 
 use crate::status::PublisherState;
 

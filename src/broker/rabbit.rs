@@ -95,6 +95,36 @@ pub async fn last_publishing_id(
     }
 }
 
+/// Where this run's revisions should start: above the wall clock's floor and above the last
+/// id the broker stored for this producer, so ids keep rising even if the clock went back.
+/// The broker is asked within `timeout`; when it cannot answer (it may be down at start-up,
+/// which must not stop the registry) the clock alone decides, and the reason is logged.
+pub async fn starting_floor(config: &BrokerConfig, timeout: Duration) -> u64 {
+    let clock = pipeline::clock_floor();
+    match last_publishing_id(config, timeout).await {
+        Ok(last) => {
+            let floor = floor_above(clock, last);
+            if floor > clock {
+                tracing::warn!(
+                    last_publishing_id = floor,
+                    "the broker holds publishing ids above the clock; continuing above them"
+                );
+            }
+            floor
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot ask the broker where publishing stopped; revisions start from the clock");
+            clock
+        }
+    }
+}
+
+/// The floor for a run: revisions start above it, so above both the clock's floor and the
+/// broker's last id.
+pub fn floor_above(clock_floor: u64, last_publishing_id: Option<u64>) -> u64 {
+    clock_floor.max(last_publishing_id.unwrap_or(0))
+}
+
 async fn query_last_id(config: &BrokerConfig) -> Result<Option<u64>, BrokerError> {
     let client = Client::connect(client_options(&config.endpoint))
         .await
@@ -332,6 +362,13 @@ mod tests {
     use super::*;
     use pipeline::{Change, ChangeKind, Timestamp};
     use rabbitmq_stream_client::types::SimpleValue;
+
+    #[test]
+    fn the_floor_is_above_both_the_clock_and_the_broker() {
+        assert_eq!(floor_above(1_000, None), 1_000);
+        assert_eq!(floor_above(1_000, Some(400)), 1_000);
+        assert_eq!(floor_above(1_000, Some(5_000)), 5_000);
+    }
 
     #[test]
     fn messages_carry_the_contracts_properties() {
