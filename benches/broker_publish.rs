@@ -32,6 +32,7 @@ use swarm_registry::status::PublisherState;
 use tokio_util::sync::CancellationToken;
 
 const SERVICES: u32 = 20;
+const ROUNDS: usize = 3;
 /// Folded but unconfirmed changes the throughput feeder allows (below the default outbox
 /// capacity and change log).
 const MAX_BACKLOG: u64 = 3_000;
@@ -321,6 +322,11 @@ async fn paced_latency(rate: u64, seconds: u64) -> Option<Vec<f64>> {
     Some(latencies)
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(values, 0.5)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(index).copied().unwrap_or(f64::NAN)
@@ -355,7 +361,8 @@ fn main() {
             return;
         }
         println!("changes per throughput run: {changes}; services: {SERVICES}");
-        for round in 1..=3 {
+        let (mut folds, mut publishes, mut bares, mut ratios) = (vec![], vec![], vec![], vec![]);
+        for round in 1..=ROUNDS {
             let fold = fold_only(changes).await;
             let published = fold_and_publish(changes).await;
             let bare = bare_client(changes, 1000).await;
@@ -368,7 +375,20 @@ fn main() {
                     _ => "-".to_owned(),
                 }
             );
+            folds.push(fold);
+            publishes.extend(published);
+            bares.extend(bare);
+            if let (Some(p), Some(b)) = (published, bare) {
+                ratios.push(p / b);
+            }
         }
+        println!(
+            "median of {ROUNDS}: fold only {:.0}/s | fold + publisher {:.0}/s | bare client {:.0}/s | publisher/bare {:.2}",
+            median(&mut folds),
+            median(&mut publishes),
+            median(&mut bares),
+            median(&mut ratios)
+        );
         match paced_latency(1_000, paced_seconds).await {
             Some(latencies) => println!(
                 "paced 1000 changes/s for {paced_seconds} s: change->confirm p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} changes)",
