@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -89,6 +89,8 @@ pub struct Publisher<B> {
     /// The batch awaiting its confirms. Never abandoned while the connection lives: re-sending
     /// an id the same producer still waits for would confuse the client library.
     sending: Option<SendInFlight>,
+    /// Whether a batch was confirmed on the current connection.
+    progressed: bool,
 }
 
 impl<B: StreamBroker> Publisher<B> {
@@ -111,6 +113,7 @@ impl<B: StreamBroker> Publisher<B> {
             sent_up_to: floor,
             overflowing: false,
             sending: None,
+            progressed: false,
         }
     }
 
@@ -128,9 +131,16 @@ impl<B: StreamBroker> Publisher<B> {
             let result =
                 match tokio::time::timeout(self.tuning.timeout, self.broker.connect()).await {
                     Ok(Ok(connected)) => {
-                        failures = 0;
                         self.on_connected(connected);
-                        self.publish_while_connected(&shutdown).await
+                        let since = Instant::now();
+                        let result = self.publish_while_connected(&shutdown).await;
+                        // A connection that did real work, or lived long, starts the delays
+                        // over; one that fails at once (say, every publish refused) keeps
+                        // backing off instead of reconnecting in a tight loop.
+                        if self.progressed || since.elapsed() >= self.tuning.reconnect_max {
+                            failures = 0;
+                        }
+                        result
                     }
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(BrokerError::Timeout {
@@ -142,7 +152,7 @@ impl<B: StreamBroker> Publisher<B> {
                 Ok(Stop::Drained) => break,
                 Ok(Stop::Shutdown) => break,
                 Err(error) => {
-                    self.on_failure(&error);
+                    self.on_failure(&error, failures == 0);
                     self.disconnect().await;
                 }
             }
@@ -170,6 +180,7 @@ impl<B: StreamBroker> Publisher<B> {
             tracing::info!("connected to the broker");
         }
         self.connected_before = true;
+        self.progressed = false;
         if let Some(notice) = connected.notice {
             self.record_error(notice);
         }
@@ -192,11 +203,15 @@ impl<B: StreamBroker> Publisher<B> {
         self.state.connected.store(true, Ordering::Relaxed);
     }
 
-    fn on_failure(&mut self, error: &BrokerError) {
+    /// Note a failure. Only the first of a series is a warning; the rest of an outage logs
+    /// at debug level so it does not flood the log (the last error stays in /health).
+    fn on_failure(&mut self, error: &BrokerError, first: bool) {
         if self.state.connected.swap(false, Ordering::Relaxed) {
             tracing::warn!(%error, "lost the broker; changes wait in the outbox");
+        } else if first {
+            tracing::warn!(%error, "cannot reach the broker; retrying");
         } else {
-            tracing::warn!(%error, "cannot reach the broker");
+            tracing::debug!(%error, "still cannot reach the broker");
         }
         self.record_error(error.to_string());
     }
@@ -285,6 +300,7 @@ impl<B: StreamBroker> Publisher<B> {
     }
 
     fn batch_confirmed(&mut self) {
+        self.progressed = true;
         let (count, last) = self.outbox.confirm_in_flight();
         self.state
             .confirmed
@@ -381,7 +397,7 @@ impl<B: StreamBroker> Publisher<B> {
         match result {
             Ok(Ok(())) => tracing::info!(pending, "published the outbox before stopping"),
             Ok(Err(error)) => {
-                self.on_failure(&error);
+                self.on_failure(&error, true);
                 tracing::warn!(
                     left = self.outbox.len(),
                     "stopping with unpublished changes"

@@ -20,7 +20,6 @@ use tokio::sync::RwLock;
 
 /// The test bed's stream port.
 pub const STREAM_PORT: u16 = 5552;
-const DEV_ENV: &str = "/work/main/scripts/dev-env";
 
 /// Tests that use the broker share it; a test that stops it takes this exclusively, so no
 /// other broker test of the same binary runs into its outage.
@@ -293,11 +292,25 @@ impl Drop for StreamCleanup {
     }
 }
 
+/// The test bed script: SWARM_REGISTRY_DEV_ENV if set, else the repository's own
+/// `scripts/dev-env`, else the main checkout's.
+fn dev_env_script() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("SWARM_REGISTRY_DEV_ENV") {
+        return path.into();
+    }
+    let own = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env");
+    if own.exists() {
+        return own;
+    }
+    "/work/main/scripts/dev-env".into()
+}
+
 fn dev_env(command: &str) {
-    let status = Command::new(DEV_ENV).arg(command).status();
+    let script = dev_env_script();
+    let status = Command::new(&script).arg(command).status();
     match status {
         Ok(s) if s.success() => {}
-        other => panic!("{DEV_ENV} {command} failed: {other:?}"),
+        other => panic!("{} {command} failed: {other:?}", script.display()),
     }
 }
 
