@@ -317,13 +317,15 @@ async fn the_registry_starts_without_the_broker_and_publishes_once_it_appears() 
             .current_replicas,
         2
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let backlog = run_changes(&registry).len() as u64;
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            state.outbox_len.load(Ordering::Relaxed) == backlog
+        })
+        .await
+    );
     assert!(state.enabled);
     assert!(!state.is_connected());
-    assert_eq!(
-        state.outbox_len.load(Ordering::Relaxed),
-        run_changes(&registry).len() as u64
-    );
     assert!(state
         .last_error
         .lock()

@@ -105,6 +105,10 @@ pub struct BrokerConfig {
     pub producer_name: String,
     pub retention: Retention,
     pub tuning: Tuning,
+    /// The AMQP port RABBITMQ_URL named, when it was a legacy `amqp://` URL mapped to the
+    /// stream port. Reported in one log line when publishing starts (logging may not be set
+    /// up yet while configuration is read).
+    pub mapped_from_amqp: Option<u16>,
 }
 
 /// 1 GiB: plenty of history for small change messages, bounded so the broker's disk is safe.
@@ -142,12 +146,6 @@ impl BrokerConfig {
         })?;
         let parsed = parse_url(raw, stream_port)
             .map_err(|reason| ConfigError::new(URL_VAR, &redact_url(raw), reason))?;
-        if let Some(amqp_port) = parsed.mapped_from_amqp {
-            tracing::info!(
-                "{URL_VAR} is an AMQP URL (port {amqp_port}); publishing to RabbitMQ Streams at {} (RABBITMQ_STREAM_PORT)",
-                parsed.endpoint
-            );
-        }
         let stream = vars.string("RABBITMQ_EXCHANGE", "service-registry");
         check_name("RABBITMQ_EXCHANGE", &stream)?;
         let producer_name = vars.string("RABBITMQ_PRODUCER_NAME", "service-registry");
@@ -177,6 +175,7 @@ impl BrokerConfig {
             ));
         }
         Ok(Some(BrokerConfig {
+            mapped_from_amqp: parsed.mapped_from_amqp,
             endpoint: parsed.endpoint,
             stream,
             producer_name,
@@ -210,6 +209,7 @@ impl BrokerConfig {
                 max_age: Duration::from_secs(DEFAULT_MAX_AGE_SEC),
             },
             tuning: Tuning::default(),
+            mapped_from_amqp: None,
         }
     }
 }
@@ -372,6 +372,7 @@ mod tests {
             (c.endpoint.host.as_str(), c.endpoint.port),
             ("rabbitmq", 5552)
         );
+        assert_eq!(c.mapped_from_amqp, Some(5672));
         assert_eq!(c.endpoint.vhost, "/");
         let c = config(&[
             (URL_VAR, "amqp://guest:guest@rabbitmq/%2F"),

@@ -45,6 +45,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let tuning = config.tuning;
+    if let Some(amqp_port) = config.mapped_from_amqp {
+        tracing::info!(
+            "RABBITMQ_URL is an AMQP URL (port {amqp_port}); publishing to RabbitMQ Streams at {} \
+             instead (port from RABBITMQ_STREAM_PORT)",
+            config.endpoint
+        );
+    }
     tracing::info!(
         endpoint = %config.endpoint,
         stream = %config.stream,
