@@ -266,11 +266,12 @@ impl RabbitBroker {
         with_filter: bool,
         lost: watch::Sender<bool>,
     ) -> Result<Producer<Dedup>, ProducerCreateError> {
+        // `name` starts a new builder that forgets the connection name, so it comes first.
         let mut builder = environment
             .producer()
+            .name(&self.config.producer_name)
             .client_provided_name("swarm-registry-publisher")
             .batch_size(self.config.tuning.batch_size.max(1))
-            .name(&self.config.producer_name)
             .on_closed(Box::new(LostSignal(lost)));
         if with_filter {
             builder = builder.filter_value_extractor(filter_value);
