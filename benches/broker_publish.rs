@@ -32,7 +32,6 @@ use swarm_registry::status::PublisherState;
 use tokio_util::sync::CancellationToken;
 
 const SERVICES: u32 = 20;
-const ROUNDS: usize = 3;
 /// Folded but unconfirmed changes the throughput feeder allows (below the default outbox
 /// capacity and change log).
 const MAX_BACKLOG: u64 = 3_000;
@@ -342,8 +341,12 @@ fn argument(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    let changes = argument("--changes", 100_000);
-    let paced_seconds = argument("--paced-seconds", 10);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it, and then
+    // a short smoke run checks that the program works without taking a minute.
+    let full = std::env::args().any(|a| a == "--bench");
+    let changes = argument("--changes", if full { 100_000 } else { 2_000 });
+    let paced_seconds = argument("--paced-seconds", if full { 10 } else { 1 });
+    let rounds = if full { 3 } else { 1 };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -362,7 +365,7 @@ fn main() {
         }
         println!("changes per throughput run: {changes}; services: {SERVICES}");
         let (mut folds, mut publishes, mut bares, mut ratios) = (vec![], vec![], vec![], vec![]);
-        for round in 1..=ROUNDS {
+        for round in 1..=rounds {
             let fold = fold_only(changes).await;
             let published = fold_and_publish(changes).await;
             let bare = bare_client(changes, 1000).await;
@@ -383,7 +386,7 @@ fn main() {
             }
         }
         println!(
-            "median of {ROUNDS}: fold only {:.0}/s | fold + publisher {:.0}/s | bare client {:.0}/s | publisher/bare {:.2}",
+            "median of {rounds}: fold only {:.0}/s | fold + publisher {:.0}/s | bare client {:.0}/s | publisher/bare {:.2}",
             median(&mut folds),
             median(&mut publishes),
             median(&mut bares),
