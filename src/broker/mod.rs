@@ -11,6 +11,12 @@
 //! Exactly once rests on one number: a change's seq is its publishing id, the producer is
 //! named, and the broker stores an id only if it is above the last one it stored for that
 //! name. The publisher re-sends anything it is unsure of; the broker keeps one copy.
+//!
+//! What it does not promise: the outbox lives in memory, so changes not yet confirmed when the
+//! process dies (rather than stops: a stop flushes within one timeout) are gone; the next run
+//! starts above them and its first changes re-describe every service. And one producer name
+//! belongs to one running registry: two publishing under the same name would have each
+//! other's lower ids discarded as duplicates (the publisher reports it when it sees it).
 
 pub mod backoff;
 pub mod config;
