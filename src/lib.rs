@@ -3,6 +3,8 @@
 //! The core (the `pipeline` crate) folds inputs into snapshots and changes; this crate holds
 //! the edges around it. See ARCHITECTURE.md for the map.
 
+pub mod backoff;
+pub mod broker;
 pub mod config;
 pub mod control;
 pub mod docker;

@@ -5,12 +5,11 @@
 //! - [`sync`]: events as hints, periodic lists as the authority, reconnect with `since`,
 //!   the stall watchdog, refresh commands.
 //! - [`metrics`]: stats rounds and forced samples; [`stats`] is their pure arithmetic.
-//! - [`coalesce`], [`backoff`]: pure timing policies.
+//! - [`coalesce`]: the pure burst-coalescing policy (reconnect pacing is [`crate::backoff`]).
 //!
 //! Connection failures are never fatal: they become the registry's source status, and the
 //! last known services stay readable, marked stale.
 
-pub mod backoff;
 pub mod bollard_engine;
 pub mod coalesce;
 pub mod config;
@@ -29,9 +28,9 @@ pub use bollard_engine::BollardEngine;
 pub use config::SwarmConfig;
 pub use engine::{Engine, EngineError};
 
+use crate::backoff::Backoff;
 use crate::control::{ControlError, SourceCommand};
 use crate::status::SourceCounters;
-use backoff::Backoff;
 use metrics::{MetricsLoop, Sampler};
 use sync::SyncLoop;
 

@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::coalesce::{Coalescer, Verdict};
 use super::config::SwarmConfig;
 use super::engine::{Engine, EngineError, EngineEvent, EventCursor};
+use crate::backoff::Backoff;
 use crate::control::ControlError;
 use crate::status::SourceCounters;
 

@@ -1,5 +1,5 @@
-//! Pauses between reconnect attempts: doubling from a minimum to a cap, with jitter so that
-//! many registries do not hammer a recovering engine in step.
+//! Pauses between reconnect attempts (to the engine, to the broker): doubling from a minimum to
+//! a cap, with jitter so that many registries do not hammer a recovering peer in step.
 
 use std::time::Duration;
 
@@ -23,16 +23,30 @@ impl Backoff {
     /// The next pause. `jitter` in [0, 1) scales it into [75 %, 100 %] of the nominal value,
     /// so the cap is never exceeded.
     pub fn next(&mut self, jitter: f64) -> Duration {
-        let factor = 2u32.saturating_pow(self.attempt.min(16));
+        let pause = delay(self.attempt, self.min, self.max, jitter);
         self.attempt = self.attempt.saturating_add(1);
-        let nominal = self.min.saturating_mul(factor).min(self.max);
-        nominal.mul_f64(1.0 - 0.25 * jitter.clamp(0.0, 1.0))
+        pause
     }
 
     /// Start over after a success.
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+}
+
+/// The pause before retry number `attempt` (0 for the first): `min` doubled per attempt up to
+/// `max`, shortened by up to a quarter by `jitter` in [0, 1). Odd inputs (NaN jitter, a cap
+/// below the minimum) give a pause within the bounds, never a panic.
+pub fn delay(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+    let max = max.max(min);
+    let factor = 2u32.saturating_pow(attempt.min(16));
+    let nominal = min.saturating_mul(factor).min(max);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    };
+    nominal.mul_f64(1.0 - 0.25 * jitter)
 }
 
 #[cfg(test)]
@@ -46,6 +60,14 @@ mod tests {
         assert_eq!(seq, [100, 200, 400, 800, 1000, 1000]);
         b.reset();
         assert_eq!(b.next(0.0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn odd_inputs_stay_in_bounds() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(50));
+        assert_eq!(delay(3, min, max, f64::NAN), Duration::from_micros(87_500));
+        let cap = Duration::from_secs(5);
+        assert_eq!(delay(u32::MAX, min, cap, 0.0), cap);
     }
 
     #[test]
