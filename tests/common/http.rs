@@ -83,6 +83,7 @@ pub struct SourceScript {
 pub struct Options {
     pub config: HttpConfig,
     pub log_capacity: usize,
+    pub broadcast_capacity: usize,
     pub publisher: PublisherState,
 }
 
@@ -94,6 +95,7 @@ impl Default for Options {
                 ..HttpConfig::default()
             },
             log_capacity: 4096,
+            broadcast_capacity: 1024,
             publisher: PublisherState::disabled(),
         }
     }
@@ -156,6 +158,7 @@ impl TestServer {
     pub async fn start(options: Options) -> TestServer {
         let (registry, driver) = Registry::new(RegistryConfig {
             log_capacity: options.log_capacity,
+            broadcast_capacity: options.broadcast_capacity,
             ..RegistryConfig::default()
         });
         tokio::spawn(driver.run(futures::stream::pending()));
