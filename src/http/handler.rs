@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -19,12 +18,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::body::ApiBody;
+use super::cache::BodyCache;
 use super::config::HttpConfig;
 use super::metrics::{self, HttpMetrics};
 use super::query::{self, Blocking, QueryError};
 use super::render::{self, CacheStats, Freshness, ServicesMetadata};
 use super::route::{self, Route, RouteError, UNMATCHED};
-use super::sse::{EventStream, Start, StreamSettings};
+use super::sse::{EventStream, Start, StreamContext};
 use super::ApiState;
 use crate::control::ControlError;
 
@@ -43,38 +43,6 @@ pub const METRICS_AGE_HEADER: &str = "x-metrics-age";
 
 const JSON: &str = "application/json";
 
-/// A rendered body and the key it was rendered for.
-struct Rendered<K> {
-    key: K,
-    bytes: Bytes,
-}
-
-/// The last rendering of a body, reused while its inputs are unchanged. The first reader after
-/// a change renders it; concurrent first readers may both render, which is harmless.
-struct BodyCache<K> {
-    slot: ArcSwapOption<Rendered<K>>,
-}
-
-impl<K: PartialEq> BodyCache<K> {
-    fn new() -> Self {
-        BodyCache {
-            slot: ArcSwapOption::empty(),
-        }
-    }
-
-    fn get_or_render(&self, key: K, render: impl FnOnce() -> Bytes) -> Bytes {
-        if let Some(hit) = self.slot.load().as_ref().filter(|r| r.key == key) {
-            return hit.bytes.clone();
-        }
-        let bytes = render();
-        self.slot.store(Some(Arc::new(Rendered {
-            key,
-            bytes: bytes.clone(),
-        })));
-        bytes
-    }
-}
-
 /// Settings the handler needs, derived once from [`HttpConfig`] and [`ApiState`].
 struct Settings {
     api_token: Option<String>,
@@ -82,7 +50,6 @@ struct Settings {
     command_timeout: Duration,
     stale_after_ms: i64,
     refresh_interval_sec: u64,
-    stream: StreamSettings,
 }
 
 /// Everything one request may need; shared by all connections.
@@ -91,6 +58,7 @@ pub struct Api {
     settings: Settings,
     services_body: BodyCache<ServicesMetadata>,
     metrics: Arc<HttpMetrics>,
+    streams: Arc<StreamContext>,
     revisions: watch::Receiver<u64>,
     shutdown: CancellationToken,
 }
@@ -106,6 +74,13 @@ impl Api {
         shutdown: CancellationToken,
     ) -> Self {
         let stale_after = config.stale_after(state.refresh_interval);
+        let metrics = Arc::new(HttpMetrics::default());
+        let streams = Arc::new(StreamContext::new(
+            config.sse_heartbeat,
+            config.sse_retry,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         Api {
             settings: Settings {
                 api_token: config.api_token.clone(),
@@ -113,14 +88,11 @@ impl Api {
                 command_timeout: config.command_timeout,
                 stale_after_ms: i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX),
                 refresh_interval_sec: state.refresh_interval.as_secs(),
-                stream: StreamSettings {
-                    heartbeat: config.sse_heartbeat,
-                    retry: config.sse_retry,
-                },
             },
             state,
-            services_body: BodyCache::new(),
-            metrics: Arc::new(HttpMetrics::default()),
+            services_body: BodyCache::default(),
+            metrics,
+            streams,
             revisions,
             shutdown,
         }
@@ -510,14 +482,7 @@ impl Api {
             }
         };
         let revision = registry.load().revision;
-        let stream = EventStream::new(
-            start,
-            subscription,
-            query.filter,
-            &self.settings.stream,
-            self.shutdown.clone(),
-            self.metrics.clone(),
-        );
+        let stream = EventStream::new(start, subscription, query.filter, self.streams.clone());
         let mut answer = Response::new(ApiBody::stream(stream.into_stream()));
         let headers = answer.headers_mut();
         headers.insert(
@@ -835,19 +800,6 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
-    }
-
-    #[test]
-    fn rendered_bodies_are_reused_while_the_key_holds() {
-        let cache = BodyCache::new();
-        let first = cache.get_or_render(1, || Bytes::from_static(b"one"));
-        let again = cache.get_or_render(1, || Bytes::from_static(b"other"));
-        assert_eq!(first, again);
-        assert_eq!(first.as_ptr(), again.as_ptr());
-        assert_eq!(
-            &cache.get_or_render(2, || Bytes::from_static(b"two"))[..],
-            b"two"
-        );
     }
 
     #[test]

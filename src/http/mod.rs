@@ -4,6 +4,7 @@
 //! - [`route`]: method and path to operation (pure).
 //! - [`query`]: blocking-read, resume and filter parameters (pure).
 //! - [`render`]: the contract's JSON bodies (pure).
+//! - [`cache`]: rendered bodies reused until their inputs change.
 //! - [`sse`]: event-stream framing and the per-subscriber stream.
 //! - [`metrics`]: request counters, latency histograms, the Prometheus exposition.
 //! - [`handler`]: one request, end to end.
@@ -22,6 +23,7 @@ use crate::control::SourceControl;
 use crate::status::{PublisherState, SourceCounters};
 
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod handler;
 pub mod metrics;

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::cache::BodyCache;
 use super::metrics::HttpMetrics;
 use super::query::EventFilter;
 
@@ -161,19 +162,62 @@ pub enum Start {
     Resume(u64),
 }
 
-/// Counts an open stream in the gauge for exactly as long as it exists.
-struct SubscriberGauge(Arc<HttpMetrics>);
-
-impl SubscriberGauge {
-    fn new(metrics: Arc<HttpMetrics>) -> Self {
-        metrics.sse_subscribers.fetch_add(1, Ordering::Relaxed);
-        SubscriberGauge(metrics)
-    }
+/// What identifies a rendered snapshot or reset frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameKey {
+    event: &'static str,
+    revision: u64,
+    reason: Option<String>,
+    second: i64,
 }
 
-impl Drop for SubscriberGauge {
-    fn drop(&mut self) {
-        self.0.sse_subscribers.fetch_sub(1, Ordering::Relaxed);
+/// What every stream shares: settings, the cache of rendered snapshot frames, measurements
+/// and the shutdown signal. One pointer per subscriber instead of a copy of each.
+pub struct StreamContext {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub metrics: Arc<HttpMetrics>,
+    pub shutdown: CancellationToken,
+    /// Unfiltered snapshot and reset frames: every subscriber that connects (or is reset) at
+    /// the same revision shares one rendering instead of each holding its own copy.
+    frames: BodyCache<FrameKey>,
+}
+
+impl StreamContext {
+    pub fn new(
+        heartbeat: Duration,
+        retry: Duration,
+        metrics: Arc<HttpMetrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        StreamContext {
+            heartbeat,
+            retry,
+            metrics,
+            shutdown,
+            frames: BodyCache::default(),
+        }
+    }
+
+    fn snapshot_frame(
+        &self,
+        event: &'static str,
+        snapshot: &Snapshot,
+        filter: &EventFilter,
+        reason: Option<&str>,
+    ) -> Bytes {
+        let now = Timestamp::now();
+        if filter.services.is_some() {
+            return snapshot_frame(event, snapshot, filter, reason, now);
+        }
+        let key = FrameKey {
+            event,
+            revision: snapshot.revision,
+            reason: reason.map(str::to_owned),
+            second: now.epoch_seconds(),
+        };
+        self.frames
+            .get_or_render(key, || snapshot_frame(event, snapshot, filter, reason, now))
     }
 }
 
@@ -183,8 +227,7 @@ pub struct EventStream {
     subscription: Subscription,
     filter: EventFilter,
     heartbeat: Interval,
-    shutdown: CancellationToken,
-    gauge: SubscriberGauge,
+    context: Arc<StreamContext>,
     /// The seq of the last change delivered or skipped by the filter (or the revision of the
     /// last snapshot): where this client would resume.
     position: u64,
@@ -194,10 +237,13 @@ pub struct EventStream {
     finished: bool,
 }
 
-/// Settings shared by every stream.
-pub struct StreamSettings {
-    pub heartbeat: Duration,
-    pub retry: Duration,
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.context
+            .metrics
+            .sse_subscribers
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EventStream {
@@ -205,36 +251,29 @@ impl EventStream {
         start: Start,
         subscription: Subscription,
         filter: EventFilter,
-        settings: &StreamSettings,
-        shutdown: CancellationToken,
-        metrics: Arc<HttpMetrics>,
+        context: Arc<StreamContext>,
     ) -> Self {
+        let metrics = &context.metrics;
+        metrics.sse_subscribers.fetch_add(1, Ordering::Relaxed);
         let mut queue = VecDeque::with_capacity(4);
-        queue.push_back(retry_frame(settings.retry));
+        queue.push_back(retry_frame(context.retry));
         let (live, position) = match start {
             Start::Snapshot(snapshot) => {
                 metrics.sse_events.fetch_add(1, Ordering::Relaxed);
-                queue.push_back(snapshot_frame(
-                    "snapshot",
-                    &snapshot,
-                    &filter,
-                    None,
-                    Timestamp::now(),
-                ));
+                queue.push_back(context.snapshot_frame("snapshot", &snapshot, &filter, None));
                 (true, snapshot.revision)
             }
             Start::Resume(seq) => (false, seq),
         };
         let mut heartbeat =
-            tokio::time::interval_at(Instant::now() + settings.heartbeat, settings.heartbeat);
+            tokio::time::interval_at(Instant::now() + context.heartbeat, context.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         EventStream {
             queue,
             subscription,
             filter,
             heartbeat,
-            shutdown,
-            gauge: SubscriberGauge::new(metrics),
+            context,
             position,
             live,
             finished: false,
@@ -247,10 +286,6 @@ impl EventStream {
             let chunk = stream.next_chunk().await?;
             Some((chunk, stream))
         })
-    }
-
-    fn metrics(&self) -> &HttpMetrics {
-        &self.gauge.0
     }
 
     async fn next_chunk(&mut self) -> Option<Bytes> {
@@ -270,9 +305,10 @@ impl EventStream {
 
     /// Wait for the next thing to send and queue it.
     async fn produce(&mut self) {
+        let context = self.context.clone();
         tokio::select! {
             biased;
-            _ = self.shutdown.cancelled() => {
+            _ = context.shutdown.cancelled() => {
                 self.finished = true;
                 self.queue.push_back(shutdown_frame(self.position, Timestamp::now()));
             }
@@ -287,7 +323,7 @@ impl EventStream {
                     self.position = change.seq;
                     if self.filter.admits(&change.routing_key(), change.kind.service_name()) {
                         self.queue.extend(change_chunks(&change));
-                        let metrics = self.metrics();
+                        let metrics = &context.metrics;
                         metrics.sse_events.fetch_add(1, Ordering::Relaxed);
                         let age_ms = Timestamp::now().0.saturating_sub(change.at.0).max(0);
                         metrics
@@ -296,7 +332,7 @@ impl EventStream {
                     }
                 }
                 Some(Update::Reset { snapshot, reason }) => {
-                    let metrics = self.metrics();
+                    let metrics = &context.metrics;
                     if self.live {
                         metrics.sse_lagged.fetch_add(1, Ordering::Relaxed);
                     }
@@ -304,12 +340,11 @@ impl EventStream {
                     self.live = true;
                     self.position = snapshot.revision;
                     let reason = reason.to_string();
-                    self.queue.push_back(snapshot_frame(
+                    self.queue.push_back(context.snapshot_frame(
                         "reset",
                         &snapshot,
                         &self.filter,
                         Some(&reason),
-                        Timestamp::now(),
                     ));
                 }
             },
