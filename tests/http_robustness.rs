@@ -262,6 +262,14 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
         .ok();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || status_of(&answer) == 408, "{answer:?}");
+    // Nor one that connects and says nothing at all (its protocol is not even known).
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, silent.read_to_end(&mut answer))
+        .await
+        .expect("the server closes a silent connection")
+        .ok();
+    assert!(answer.is_empty());
     still_serving(&server).await;
     server.stop().await.unwrap();
 }

@@ -143,6 +143,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenConnection::new(api.metrics().clone());
+            // A client that connects and sends nothing would otherwise hold its slot for ever:
+            // the protocol is not known yet, so no HTTP timeout applies.
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(handshake_timeout, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                tracing::debug!("closing a connection that sent nothing");
+                return;
+            }
             match tls {
                 None => serve_io(TokioIo::new(stream), &builder, api, watcher).await,
                 Some(acceptor) => match handshake(&acceptor, stream, handshake_timeout).await {
