@@ -114,6 +114,7 @@ echo "== latency at $RATE req/s: h2load --rps, 16 connections, 10 s (per-request
 latency() {
     local label=$1
     shift
+    rm -f "$WORK/latency.log"  # h2load appends to an existing log
     h2load "$@" --log-file "$WORK/latency.log" >"$WORK/h2load.out" 2>&1 || true
     python3 - "$label" "$WORK/latency.log" <<'PY'
 import sys

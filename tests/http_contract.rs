@@ -227,9 +227,14 @@ async fn every_endpoint_keeps_the_contract_shape() {
         );
         assert!(text.contains("swarm_registry_engine_reconnects_total 0\n"));
 
+        let full = client.get("/services").await;
         let head = client.send(client.request(Method::HEAD, "/services")).await;
         assert_eq!(head.status, StatusCode::OK);
         assert!(head.body.is_empty());
+        assert_eq!(
+            head.header("content-length"),
+            Some(&*full.body.len().to_string())
+        );
 
         server.stop().await.unwrap();
     }

@@ -118,6 +118,14 @@ impl Api {
         self.metrics
             .record_request(route_index, response.status().as_u16(), started.elapsed());
         if head {
+            // HEAD answers carry the length the GET body would have, and no body.
+            if let Some(length) = http_body::Body::size_hint(response.body()).exact() {
+                if length > 0 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                }
+            }
             *response.body_mut() = ApiBody::empty();
         }
         response
