@@ -393,6 +393,30 @@ mod tests {
     }
 
     #[test]
+    fn unfiltered_snapshot_frames_are_rendered_once_per_revision() {
+        let context = StreamContext::new(
+            Duration::from_secs(15),
+            Duration::from_secs(2),
+            Arc::new(HttpMetrics::default()),
+            CancellationToken::new(),
+        );
+        let snapshot = Snapshot::empty(40, 8, Timestamp(0));
+        let all = EventFilter::default();
+        let a = context.snapshot_frame("snapshot", &snapshot, &all, None);
+        let b = context.snapshot_frame("snapshot", &snapshot, &all, None);
+        // Shared unless the second crossed into the next second of the timestamp field.
+        assert!(a.as_ptr() == b.as_ptr() || a != b);
+        let reset = context.snapshot_frame("reset", &snapshot, &all, Some("gone"));
+        assert!(reset.starts_with(b"id: 40\nevent: reset\n"));
+        let some = EventFilter {
+            services: Some(["web".to_owned()].into()),
+            events: None,
+        };
+        let filtered = context.snapshot_frame("snapshot", &snapshot, &some, None);
+        assert_ne!(filtered.as_ptr(), a.as_ptr());
+    }
+
+    #[test]
     fn shutdown_frame_names_the_resume_point() {
         let f = shutdown_frame(12, Timestamp(0));
         let text = std::str::from_utf8(&f).unwrap();
