@@ -2,6 +2,8 @@
 //! name none. Pure, so every path the contract knows (and every malformed one) is tested
 //! without a socket.
 
+use std::borrow::Cow;
+
 use http::Method;
 use percent_encoding::percent_decode_str;
 
@@ -142,8 +144,8 @@ fn resource(path: &str) -> Result<Resource, RouteError> {
     let segments = rest
         .split('/')
         .map(decode_segment)
-        .collect::<Result<Vec<String>, RouteError>>()?;
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        .collect::<Result<Vec<Cow<'_, str>>, RouteError>>()?;
+    let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
     let found = match segments.as_slice() {
         ["health"] => Resource::Read(Route::Health),
         ["health", "live"] => Resource::Read(Route::Live),
@@ -164,15 +166,13 @@ fn resource(path: &str) -> Result<Resource, RouteError> {
     Ok(found)
 }
 
-fn decode_segment(segment: &str) -> Result<String, RouteError> {
-    percent_decode_str(segment)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| {
-            RouteError::BadPath(format!(
-                "path segment {segment:?} is not valid percent-encoded UTF-8"
-            ))
-        })
+/// Borrowed unless the segment holds escapes, so ordinary paths allocate nothing here.
+fn decode_segment(segment: &str) -> Result<Cow<'_, str>, RouteError> {
+    percent_decode_str(segment).decode_utf8().map_err(|_| {
+        RouteError::BadPath(format!(
+            "path segment {segment:?} is not valid percent-encoded UTF-8"
+        ))
+    })
 }
 
 #[cfg(test)]
