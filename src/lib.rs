@@ -8,5 +8,6 @@ pub mod broker;
 pub mod config;
 pub mod control;
 pub mod docker;
+pub mod http;
 pub mod logging;
 pub mod status;

@@ -1,3 +1,182 @@
-//! The `swarm-registry` binary: reads configuration, starts the pipeline and its edges.
+//! The `swarm-registry` binary: reads configuration, starts the pipeline and its edges, and
+//! stops them all on SIGTERM or SIGINT.
+//!
+//! Wiring only: every behaviour lives in the library (see ARCHITECTURE.md).
 
-fn main() {}
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pipeline::{Input, LabelRules, Registry, RegistryConfig};
+use swarm_registry::broker::{self, BrokerConfig};
+use swarm_registry::config::{CoreConfig, Vars};
+use swarm_registry::control::SourceControl;
+use swarm_registry::docker::{self, SwarmConfig};
+use swarm_registry::http::{self, ApiState, HttpConfig};
+use swarm_registry::logging;
+use swarm_registry::status::{PublisherState, SourceCounters};
+use tokio_util::sync::CancellationToken;
+
+/// How long start-up waits for the broker to say where publishing stopped.
+const BROKER_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the edges get to finish after a stop signal before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("swarm-registry: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("swarm-registry: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every setting, read and checked before anything starts.
+struct Settings {
+    core: CoreConfig,
+    swarm: SwarmConfig,
+    http: HttpConfig,
+    broker: Option<BrokerConfig>,
+}
+
+fn settings(vars: &Vars) -> anyhow::Result<Settings> {
+    Ok(Settings {
+        core: CoreConfig::from_vars(vars)?,
+        swarm: SwarmConfig::from_vars(vars)?,
+        http: HttpConfig::from_vars(vars)?,
+        broker: BrokerConfig::from_vars(vars)?,
+    })
+}
+
+async fn run() -> anyhow::Result<()> {
+    let vars = Vars::from_env();
+    let settings = settings(&vars).context("configuration")?;
+    logging::init(&settings.core.log_level);
+
+    // Revisions keep rising across restarts: above the clock, and above whatever the broker
+    // already stored for our producer.
+    let floor = match &settings.broker {
+        Some(config) => broker::starting_floor(config, BROKER_QUERY_TIMEOUT).await,
+        None => pipeline::clock_floor(),
+    };
+    let (registry, driver) = Registry::new(RegistryConfig {
+        rules: LabelRules::new(settings.core.label_prefix.clone()),
+        log_capacity: settings.core.change_log_capacity,
+        floor,
+        ..RegistryConfig::default()
+    });
+    let shutdown = CancellationToken::new();
+    // The driver outlives the edges: it stops by itself once every handle is gone.
+    tokio::spawn(driver.run(futures::stream::pending()));
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let listener = http::bind(&settings.http).await?;
+    tracing::info!(
+        listen = %settings.http.listen,
+        docker = %settings.swarm.docker_url,
+        revision_floor = floor,
+        "service registry initialized"
+    );
+
+    let (control, commands) = SourceControl::channel(64);
+    let counters = Arc::new(SourceCounters::default());
+    tasks.spawn(docker::run(
+        settings.swarm.clone(),
+        registry.clone(),
+        commands,
+        counters.clone(),
+        shutdown.clone(),
+    ));
+
+    let publisher = match settings.broker {
+        Some(config) => {
+            let state = Arc::new(PublisherState::enabled(&config.stream));
+            tasks.spawn(broker::run(
+                config,
+                registry.clone(),
+                state.clone(),
+                shutdown.clone(),
+            ));
+            state
+        }
+        None => {
+            tracing::info!("RABBITMQ_URL is not set: publishing to a broker is off");
+            Arc::new(PublisherState::disabled())
+        }
+    };
+
+    tasks.spawn(health_beacon(
+        registry.clone(),
+        settings.core.health_check_interval,
+        shutdown.clone(),
+    ));
+
+    let api = ApiState {
+        registry: registry.clone(),
+        control,
+        source_counters: counters,
+        publisher,
+        refresh_interval: settings.swarm.refresh_interval,
+    };
+    let server = tokio::spawn(http::serve(listener, settings.http, api, shutdown.clone()));
+
+    wait_for_stop_signal().await?;
+    tracing::info!("stopping: no new connections, event streams closing");
+    shutdown.cancel();
+    drop(registry);
+    let stopped = async {
+        let served = server.await;
+        while tasks.join_next().await.is_some() {}
+        served
+    };
+    match tokio::time::timeout(SHUTDOWN_GRACE, stopped).await {
+        Ok(Ok(Ok(()))) => tracing::info!("stopped"),
+        Ok(Ok(Err(e))) => return Err(e).context("HTTP server"),
+        Ok(Err(e)) => anyhow::bail!("HTTP server task failed: {e}"),
+        Err(_) => tracing::warn!(
+            "some tasks did not stop within {}s; exiting anyway",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    Ok(())
+}
+
+/// `health.check` to every sink at a steady pace: it is how consumers tell a quiet registry
+/// from a dead one.
+async fn health_beacon(registry: Registry, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {
+                if registry.send(Input::Tick).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! The live event stream (server-sent events): a snapshot, then every change, on one
+//! connection; resumable from the change log by `Last-Event-ID`.
+//!
+//! The stream is pulled by the connection: a frame is produced only when hyper asks for the
+//! next one, which it does only while the client reads (HTTP/2 flow control, HTTP/1.1 write
+//! buffer). A client that stops reading therefore holds no queue of its own: its
+//! [`Subscription`] falls behind the registry's bounded broadcast, is caught up from the
+//! bounded change log, or receives `event: reset` with a full snapshot. Nobody else waits.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use pipeline::{Change, Metrics, Snapshot, Subscription, Timestamp, Update};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::cache::BodyCache;
+use super::metrics::HttpMetrics;
+use super::query::EventFilter;
+
+/// One SSE event: `id:`, `event:` and one `data:` line per line of `data`.
+pub fn frame(id: Option<u64>, event: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + event.len() + 40);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(&id.to_string());
+        out.push('\n');
+    }
+    push_event_line(&mut out, event);
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+/// Field values end at a line break, so one in an event name (a service name is part of a
+/// metrics routing key) would let it forge fields; such characters become spaces.
+fn push_event_line(out: &mut String, event: &str) {
+    out.push_str("event: ");
+    out.extend(
+        event
+            .chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+    );
+    out.push('\n');
+}
+
+/// The `retry:` field alone: tells the client how long to wait before reconnecting.
+pub fn retry_frame(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+}
+
+/// A comment line, which clients ignore and proxies see as traffic.
+pub fn heartbeat_frame() -> Bytes {
+    Bytes::from_static(b": keep-alive\n\n")
+}
+
+/// A change as SSE, in chunks: the small head is built per subscriber, the JSON body is the
+/// change's own shared rendering, so fanning a large change out copies no body bytes.
+pub fn change_chunks(change: &Change) -> [Bytes; 3] {
+    let json = change.json();
+    if json.contains('\n') {
+        // Never produced by serde_json's compact writer; handled rather than assumed.
+        return [
+            frame(Some(change.seq), &change.routing_key(), &json),
+            Bytes::new(),
+            Bytes::new(),
+        ];
+    }
+    let mut head = String::with_capacity(64);
+    head.push_str("id: ");
+    head.push_str(&change.seq.to_string());
+    head.push('\n');
+    push_event_line(&mut head, &change.routing_key());
+    head.push_str("data: ");
+    [
+        Bytes::from(head),
+        Bytes::from_owner(SharedJson(json)),
+        Bytes::from_static(b"\n\n"),
+    ]
+}
+
+/// A change's shared JSON, viewed as bytes without copying.
+struct SharedJson(Arc<str>);
+
+impl AsRef<[u8]> for SharedJson {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+/// `event: snapshot` (on connect) or `event: reset` (when history is gone): every service the
+/// filter admits, their metrics, and the revision to resume from.
+pub fn snapshot_frame(
+    event: &'static str,
+    snapshot: &Snapshot,
+    filter: &EventFilter,
+    reason: Option<&str>,
+    now: Timestamp,
+) -> Bytes {
+    #[derive(Serialize)]
+    struct SnapshotBody<'a> {
+        event: &'static str,
+        metrics: BTreeMap<&'a str, &'a Metrics>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        revision: u64,
+        services: Vec<&'a RawValue>,
+        services_count: usize,
+        timestamp: i64,
+    }
+    let services: Vec<&RawValue> = snapshot
+        .services
+        .iter()
+        .filter(|(name, _)| filter.admits_service(name))
+        .map(|(_, record)| record.json())
+        .collect();
+    let metrics = snapshot
+        .metrics
+        .iter()
+        .filter(|(name, _)| filter.admits_service(name))
+        .map(|(name, record)| (&**name, record.metrics.as_ref()))
+        .collect();
+    let body = SnapshotBody {
+        event,
+        metrics,
+        reason,
+        revision: snapshot.revision,
+        services_count: services.len(),
+        services,
+        timestamp: now.epoch_seconds(),
+    };
+    let data = serde_json::to_string(&body).unwrap_or_else(|_| "{}".to_owned());
+    frame(Some(snapshot.revision), event, &data)
+}
+
+/// The last event of a stream the server ends: clients learn it was deliberate, and the id
+/// tells them where to resume.
+pub fn shutdown_frame(revision: u64, now: Timestamp) -> Bytes {
+    let data = format!(
+        "{{\"event\":\"shutdown\",\"reason\":\"server shutting down\",\"revision\":{revision},\"timestamp\":{}}}",
+        now.epoch_seconds()
+    );
+    frame(Some(revision), "shutdown", &data)
+}
+
+/// Where a new stream starts.
+pub enum Start {
+    /// A fresh client: the snapshot, then changes after it.
+    Snapshot(Arc<Snapshot>),
+    /// A resuming client that last saw this seq: whatever the subscription replays (the
+    /// missed changes, or a reset).
+    Resume(u64),
+}
+
+/// What identifies a rendered snapshot or reset frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameKey {
+    event: &'static str,
+    revision: u64,
+    reason: Option<String>,
+    second: i64,
+}
+
+/// What every stream shares: settings, the cache of rendered snapshot frames, measurements
+/// and the shutdown signal. One pointer per subscriber instead of a copy of each.
+pub struct StreamContext {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub metrics: Arc<HttpMetrics>,
+    pub shutdown: CancellationToken,
+    /// Unfiltered snapshot and reset frames: every subscriber that connects (or is reset) at
+    /// the same revision shares one rendering instead of each holding its own copy.
+    frames: BodyCache<FrameKey>,
+}
+
+impl StreamContext {
+    pub fn new(
+        heartbeat: Duration,
+        retry: Duration,
+        metrics: Arc<HttpMetrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        StreamContext {
+            heartbeat,
+            retry,
+            metrics,
+            shutdown,
+            frames: BodyCache::default(),
+        }
+    }
+
+    fn snapshot_frame(
+        &self,
+        event: &'static str,
+        snapshot: &Snapshot,
+        filter: &EventFilter,
+        reason: Option<&str>,
+    ) -> Bytes {
+        let now = Timestamp::now();
+        if filter.services.is_some() {
+            return snapshot_frame(event, snapshot, filter, reason, now);
+        }
+        let key = FrameKey {
+            event,
+            revision: snapshot.revision,
+            reason: reason.map(str::to_owned),
+            second: now.epoch_seconds(),
+        };
+        self.frames
+            .get_or_render(key, || snapshot_frame(event, snapshot, filter, reason, now))
+    }
+}
+
+/// One subscriber's stream state.
+pub struct EventStream {
+    queue: VecDeque<Bytes>,
+    subscription: Subscription,
+    filter: EventFilter,
+    heartbeat: Interval,
+    context: Arc<StreamContext>,
+    /// The seq of the last change delivered or skipped by the filter (or the revision of the
+    /// last snapshot): where this client would resume.
+    position: u64,
+    /// Whether a reset now means the subscriber fell behind (rather than resumed from an id
+    /// the log no longer has, which is reported by the first update).
+    live: bool,
+    finished: bool,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.context
+            .metrics
+            .sse_subscribers
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl EventStream {
+    pub fn new(
+        start: Start,
+        subscription: Subscription,
+        filter: EventFilter,
+        context: Arc<StreamContext>,
+    ) -> Self {
+        let metrics = &context.metrics;
+        metrics.sse_subscribers.fetch_add(1, Ordering::Relaxed);
+        let mut queue = VecDeque::with_capacity(4);
+        queue.push_back(retry_frame(context.retry));
+        let (live, position) = match start {
+            Start::Snapshot(snapshot) => {
+                metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                queue.push_back(context.snapshot_frame("snapshot", &snapshot, &filter, None));
+                (true, snapshot.revision)
+            }
+            Start::Resume(seq) => (false, seq),
+        };
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + context.heartbeat, context.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        EventStream {
+            queue,
+            subscription,
+            filter,
+            heartbeat,
+            context,
+            position,
+            live,
+            finished: false,
+        }
+    }
+
+    /// The stream as the body of a response.
+    pub fn into_stream(self) -> impl Stream<Item = Bytes> + Send + 'static {
+        futures::stream::unfold(self, |mut stream| async move {
+            let chunk = stream.next_chunk().await?;
+            Some((chunk, stream))
+        })
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.queue.pop_front() {
+                if chunk.is_empty() {
+                    continue;
+                }
+                return Some(chunk);
+            }
+            if self.finished {
+                return None;
+            }
+            self.produce().await;
+        }
+    }
+
+    /// Wait for the next thing to send and queue it.
+    async fn produce(&mut self) {
+        let context = self.context.clone();
+        tokio::select! {
+            biased;
+            _ = context.shutdown.cancelled() => {
+                self.finished = true;
+                self.queue.push_back(shutdown_frame(self.position, Timestamp::now()));
+            }
+            update = self.subscription.next() => match update {
+                None => {
+                    // The registry stopped: the process is going down.
+                    self.finished = true;
+                    self.queue.push_back(shutdown_frame(self.position, Timestamp::now()));
+                }
+                Some(Update::Change(change)) => {
+                    self.live = true;
+                    self.position = change.seq;
+                    if self.filter.admits(&change.routing_key(), change.kind.service_name()) {
+                        self.queue.extend(change_chunks(&change));
+                        let metrics = &context.metrics;
+                        metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                        let age_ms = Timestamp::now().0.saturating_sub(change.at.0).max(0);
+                        metrics
+                            .delivery
+                            .observe(Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)));
+                    }
+                }
+                Some(Update::Reset { snapshot, reason }) => {
+                    let metrics = &context.metrics;
+                    if self.live {
+                        metrics.sse_lagged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+                    self.live = true;
+                    self.position = snapshot.revision;
+                    let reason = reason.to_string();
+                    self.queue.push_back(context.snapshot_frame(
+                        "reset",
+                        &snapshot,
+                        &self.filter,
+                        Some(&reason),
+                    ));
+                }
+            },
+            _ = self.heartbeat.tick() => {
+                self.queue.push_back(heartbeat_frame());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_follow_the_sse_grammar() {
+        let f = frame(Some(7), "service.added", "{\"a\":1}");
+        assert_eq!(&f[..], b"id: 7\nevent: service.added\ndata: {\"a\":1}\n\n");
+        let multi = frame(None, "x", "one\r\ntwo");
+        assert_eq!(&multi[..], b"event: x\ndata: one\ndata: two\n\n");
+        let forged = frame(None, "metrics.a\nid: 1", "{}");
+        assert_eq!(&forged[..], b"event: metrics.a id: 1\ndata: {}\n\n");
+        assert_eq!(&retry_frame(Duration::from_secs(2))[..], b"retry: 2000\n\n");
+        assert!(heartbeat_frame().starts_with(b":"));
+    }
+
+    #[test]
+    fn snapshot_frames_respect_the_service_filter() {
+        let snapshot = Snapshot::empty(40, 8, Timestamp(0));
+        let f = snapshot_frame(
+            "reset",
+            &snapshot,
+            &EventFilter::default(),
+            Some("gone"),
+            Timestamp(9_000),
+        );
+        let text = std::str::from_utf8(&f).unwrap();
+        assert!(text.starts_with("id: 40\nevent: reset\ndata: {"), "{text}");
+        let data: serde_json::Value =
+            serde_json::from_str(text.lines().nth(2).unwrap().strip_prefix("data: ").unwrap())
+                .unwrap();
+        assert_eq!(data["reason"], "gone");
+        assert_eq!(data["revision"], 40);
+        assert_eq!(data["services_count"], 0);
+        assert_eq!(data["timestamp"], 9);
+    }
+
+    #[test]
+    fn unfiltered_snapshot_frames_are_rendered_once_per_revision() {
+        let context = StreamContext::new(
+            Duration::from_secs(15),
+            Duration::from_secs(2),
+            Arc::new(HttpMetrics::default()),
+            CancellationToken::new(),
+        );
+        let snapshot = Snapshot::empty(40, 8, Timestamp(0));
+        let all = EventFilter::default();
+        let a = context.snapshot_frame("snapshot", &snapshot, &all, None);
+        let b = context.snapshot_frame("snapshot", &snapshot, &all, None);
+        // Shared unless the second crossed into the next second of the timestamp field.
+        assert!(a.as_ptr() == b.as_ptr() || a != b);
+        let reset = context.snapshot_frame("reset", &snapshot, &all, Some("gone"));
+        assert!(reset.starts_with(b"id: 40\nevent: reset\n"));
+        let some = EventFilter {
+            services: Some(["web".to_owned()].into()),
+            events: None,
+        };
+        let filtered = context.snapshot_frame("snapshot", &snapshot, &some, None);
+        assert_ne!(filtered.as_ptr(), a.as_ptr());
+    }
+
+    #[test]
+    fn shutdown_frame_names_the_resume_point() {
+        let f = shutdown_frame(12, Timestamp(0));
+        let text = std::str::from_utf8(&f).unwrap();
+        assert!(text.starts_with("id: 12\nevent: shutdown\n"), "{text}");
+        let data = text.lines().nth(2).unwrap().strip_prefix("data: ").unwrap();
+        let value: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(value["revision"], 12);
+    }
+}

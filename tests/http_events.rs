@@ -1,0 +1,354 @@
+//! The live event stream: snapshot then changes, resume by Last-Event-ID, resets, filters,
+//! heartbeats, slow subscribers and shutdown, over HTTP/1.1 and h2c.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/http.rs"]
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use pipeline::Input;
+use support::{sample, spec, spec_with, Event, Options, Protocol, TestServer, DEADLINE, PROTOCOLS};
+use swarm_registry::http::HttpConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn names(event: &Event) -> Vec<String> {
+    event.json()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_stream_gets_a_snapshot_then_live_changes() {
+    for protocol in PROTOCOLS {
+        let server = TestServer::with_defaults().await;
+        server.list(vec![spec("web")]).await;
+        let client = server.client(protocol);
+        let mut stream = client.events("/events/stream", &[]).await;
+        assert_eq!(
+            stream.headers.get("content-type").unwrap(),
+            "text/event-stream"
+        );
+        assert_eq!(stream.headers.get("cache-control").unwrap(), "no-cache");
+        assert_eq!(stream.headers.get("x-accel-buffering").unwrap(), "no");
+
+        let snapshot = stream.next().await.unwrap();
+        assert_eq!(snapshot.event, "snapshot", "{protocol:?}");
+        assert_eq!(names(&snapshot), ["web"]);
+        let revision = server.registry.snapshot().revision;
+        assert_eq!(snapshot.id, Some(revision));
+        assert_eq!(snapshot.json()["revision"], revision);
+        assert!(stream.retry.is_some(), "a retry field precedes the events");
+
+        server.list(vec![spec("web"), spec("api")]).await;
+        let added = stream.next().await.unwrap();
+        assert_eq!(added.event, "service.added");
+        assert_eq!(added.id, Some(revision + 1));
+        let body = added.json();
+        assert_eq!(body["event"], "service.added");
+        assert_eq!(body["service"]["name"], "api");
+        assert_eq!(body["seq"], revision + 1);
+        let list = stream.next().await.unwrap();
+        assert_eq!(list.event, "services.updated");
+        assert_eq!(list.json()["services_count"], 2);
+
+        server.metrics("api", Some(sample(3.0))).await;
+        let metrics = stream.next().await.unwrap();
+        assert_eq!(metrics.event, "metrics.api");
+        assert_eq!(metrics.json()["event"], "metrics.updated");
+
+        let text = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
+        assert!(
+            text.contains("swarm_registry_sse_subscribers 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("swarm_registry_change_delivery_seconds_count 0\n"));
+        drop(stream);
+        server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn events_serves_the_stream_to_clients_that_accept_it() {
+    let server = TestServer::with_defaults().await;
+    server.list(vec![spec("web")]).await;
+    for protocol in PROTOCOLS {
+        let client = server.client(protocol);
+        let mut stream = client
+            .events("/events", &[("accept", "text/event-stream")])
+            .await;
+        assert_eq!(stream.next().await.unwrap().event, "snapshot");
+        // Without the Accept header, the contract's JSON.
+        let json = client.get("/events").await;
+        assert!(json.json()["available_events"].is_array());
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn resuming_replays_exactly_the_missed_changes_in_order() {
+    for protocol in PROTOCOLS {
+        let server = TestServer::with_defaults().await;
+        server.list(vec![spec("web")]).await;
+        let client = server.client(protocol);
+        let mut stream = client.events("/events/stream", &[]).await;
+        stream.next().await.unwrap();
+        server.metrics("web", Some(sample(1.0))).await;
+        let seen = stream.next().await.unwrap();
+        let last_id = seen.id.unwrap();
+        drop(stream);
+
+        // Missed while disconnected.
+        server.list(vec![spec("web"), spec("api")]).await;
+        server.metrics("web", Some(sample(2.0))).await;
+        server.list(vec![spec("api")]).await;
+        for resume in [vec![("last-event-id", last_id.to_string())], vec![]] {
+            let missed = server.registry.snapshot().changes_since(last_id).unwrap();
+            assert!(missed.len() >= 5);
+            let headers: Vec<(&str, &str)> = resume.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let path = if headers.is_empty() {
+                format!("/events/stream?since={last_id}")
+            } else {
+                "/events/stream".to_owned()
+            };
+            let mut stream = client.events(&path, &headers).await;
+            let mut replayed = Vec::new();
+            for _ in 0..missed.len() {
+                replayed.push(stream.next().await.unwrap());
+            }
+            let expected: Vec<(Option<u64>, String)> = missed
+                .iter()
+                .map(|c| (Some(c.seq), c.routing_key()))
+                .collect();
+            let got: Vec<(Option<u64>, String)> =
+                replayed.iter().map(|e| (e.id, e.event.clone())).collect();
+            assert_eq!(got, expected, "{protocol:?} {path}");
+            for (event, change) in replayed.iter().zip(&missed) {
+                assert_eq!(event.data, *change.json());
+            }
+            // Then live.
+            let next = server.registry.snapshot().revision + 1;
+            server.metrics("api", Some(sample(9.0))).await;
+            let live = stream.next().await.unwrap();
+            assert_eq!((live.id, live.event.as_str()), (Some(next), "metrics.api"));
+        }
+        server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn ids_the_log_cannot_answer_get_a_reset_with_a_snapshot() {
+    let options = Options {
+        log_capacity: 4,
+        ..Options::default()
+    };
+    let server = TestServer::start(options).await;
+    server.list(vec![spec("web")]).await;
+    let old = server.registry.snapshot().revision;
+    for i in 0..10 {
+        server.metrics("web", Some(sample(f64::from(i)))).await;
+    }
+    let floor = server.registry.snapshot().floor;
+    for protocol in PROTOCOLS {
+        let client = server.client(protocol);
+        for (id, reason) in [
+            (old, "evicted"),
+            (floor - 10, "predates this run"),
+            (u64::MAX - 1, "ahead of the current revision"),
+        ] {
+            let mut stream = client
+                .events("/events/stream", &[("last-event-id", &id.to_string())])
+                .await;
+            let reset = stream.next().await.unwrap();
+            assert_eq!(reset.event, "reset", "{protocol:?} {id}");
+            let body = reset.json();
+            assert!(body["reason"].as_str().unwrap().contains(reason), "{body}");
+            assert_eq!(names(&reset), ["web"]);
+            let revision = server.registry.snapshot().revision;
+            assert_eq!(reset.id, Some(revision));
+            assert_eq!(body["metrics"]["web"]["cpu_pct"].as_f64(), Some(9.0));
+        }
+        let bad = client
+            .send(
+                client
+                    .request(http::Method::GET, "/events/stream")
+                    .header("last-event-id", "yesterday"),
+            )
+            .await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(bad.json()["parameter"], "Last-Event-ID");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn filters_select_services_and_event_kinds() {
+    for protocol in PROTOCOLS {
+        let server = TestServer::with_defaults().await;
+        server.list(vec![spec("web"), spec("db")]).await;
+        let client = server.client(protocol);
+        let mut stream = client
+            .events("/events/stream?service=web&events=service.*,metrics.*", &[])
+            .await;
+        let snapshot = stream.next().await.unwrap();
+        assert_eq!(names(&snapshot), ["web"]);
+
+        server
+            .list(vec![spec("web"), spec("db"), spec("api")])
+            .await; // api: not wanted
+        server.metrics("db", Some(sample(1.0))).await; // db: not wanted
+        server.metrics("web", Some(sample(2.0))).await;
+        server
+            .list(vec![spec_with("web", 4, 2), spec("db"), spec("api")])
+            .await;
+        server.list(vec![spec("db"), spec("api")]).await;
+        let got: Vec<String> = stream
+            .collect_until(|e| e.event == "service.removed")
+            .await
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(got, ["metrics.web", "service.updated", "service.removed"]);
+
+        let bad = client.get("/events/stream?events=service.exploded").await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(bad.json()["parameter"], "events");
+        server.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeat_comments() {
+    let mut options = Options::default();
+    options.config = HttpConfig {
+        sse_heartbeat: Duration::from_millis(200),
+        ..options.config
+    };
+    let server = TestServer::start(options).await;
+    for protocol in PROTOCOLS {
+        let client = server.client(protocol);
+        let mut stream = client.events("/events/stream", &[]).await;
+        stream.next().await.unwrap();
+        assert!(stream
+            .next_within(Duration::from_millis(700))
+            .await
+            .is_err());
+        assert!(stream.comments >= 1, "{protocol:?}: no heartbeat");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_stream_with_a_final_event() {
+    let server = TestServer::with_defaults().await;
+    server.list(vec![spec("web")]).await;
+    let mut streams = Vec::new();
+    for protocol in PROTOCOLS {
+        let client = server.client(protocol);
+        let mut stream = client.events("/events/stream", &[]).await;
+        stream.next().await.unwrap();
+        streams.push(stream);
+    }
+    // A blocking read in flight is answered, not cut off.
+    let index = server.registry.snapshot().services_revision;
+    let client = server.client(Protocol::Http1);
+    let blocked = tokio::spawn(async move {
+        client
+            .get(&format!("/services?index={index}&wait=5m"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let addr = server.addr;
+    server.shutdown.cancel();
+    for stream in &mut streams {
+        let last = stream.next().await.unwrap();
+        assert_eq!(last.event, "shutdown");
+        assert_eq!(last.json()["reason"], "server shutting down");
+        assert!(stream.next().await.is_none(), "the stream ends after it");
+    }
+    let reply = tokio::time::timeout(DEADLINE, blocked)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    tokio::time::timeout(DEADLINE, server.server)
+        .await
+        .expect("serve returns")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// Read from a raw socket until `needle` appears; returns everything read.
+async fn read_until(socket: &mut tokio::net::TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed before {:?}",
+                String::from_utf8_lossy(needle)
+            );
+            seen.extend_from_slice(&chunk[..n]);
+            if seen.windows(needle.len()).any(|w| w == needle) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the expected bytes within the deadline");
+    seen
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_reset_and_slows_nobody() {
+    let options = Options {
+        log_capacity: 16,
+        broadcast_capacity: 8,
+        ..Options::default()
+    };
+    let server = TestServer::start(options).await;
+    // Large events (each services.updated carries every entry) fill socket buffers quickly.
+    let mut specs: Vec<_> = (0..200).map(|i| spec(&format!("svc-{i:03}"))).collect();
+    server.list(specs.clone()).await;
+
+    let mut stuck = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /events/stream HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut stuck, b"event: snapshot").await;
+
+    let client = server.client(Protocol::H2c);
+    let mut reader = client
+        .events("/events/stream?events=service.updated", &[])
+        .await;
+    reader.next().await.unwrap();
+
+    for round in 0..150u64 {
+        let i = (round % 200) as usize;
+        specs[i] = spec_with(&format!("svc-{i:03}"), 3 + round, 2 + round);
+        server.list(specs.clone()).await;
+        let update = reader.next().await.unwrap();
+        assert_eq!(update.event, "service.updated");
+    }
+    // The stuck client reads again: it finds a reset (its place in history is gone), not a
+    // stalled registry.
+    let text = read_until(&mut stuck, b"event: reset").await;
+    assert!(!text.is_empty());
+    let metrics = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
+    let lagged = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("swarm_registry_sse_lagged_total "))
+        .unwrap();
+    assert!(lagged.parse::<u64>().unwrap() >= 1, "{metrics}");
+    server.registry.submit(Input::Tick).await.unwrap();
+    server.stop().await.unwrap();
+}
