@@ -10,13 +10,21 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber at `level` (error, warn, info, debug, trace).
-/// `RUST_LOG`, when set, refines it per module.
+/// `RUST_LOG`, when set, replaces the filter entirely (per-module directives).
 pub fn init(level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter(level)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(false)
         .event_format(SuiteFormat)
         .try_init();
+}
+
+/// The filter for LOG_LEVEL. The stream client logs every closed connection as a warning from
+/// its internals; the publisher reports what matters about the broker itself, once.
+fn default_filter(level: &str) -> String {
+    format!("{level},rabbitmq_stream_client=error")
 }
 
 /// The suite's line format: time, level, role, logger (the module), message, then fields.
