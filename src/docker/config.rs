@@ -100,13 +100,6 @@ impl SwarmConfig {
         }
         Ok(config)
     }
-
-    /// How old the last contact with the engine may be before reads call the data stale: a
-    /// healthy source makes contact at least once per refresh interval, so twice that (plus a
-    /// request timeout) only passes when polls have silently stopped.
-    pub fn stale_after(&self) -> Duration {
-        self.refresh_interval * 2 + self.request_timeout
-    }
 }
 
 fn positive_millis(vars: &Vars, name: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -123,7 +116,6 @@ mod tests {
         assert_eq!(c, SwarmConfig::default());
         assert_eq!(c.refresh_interval, Duration::from_secs(30));
         assert_eq!(c.metrics_interval, Duration::from_secs(60));
-        assert_eq!(c.stale_after(), Duration::from_secs(70));
     }
 
     #[test]
