@@ -215,7 +215,8 @@ impl Drop for Binary {
     }
 }
 
-/// Events until one satisfies `until` (included), bounded by `limit` overall.
+/// Events until one satisfies `until` (included), bounded by [`CHANGE_LIMIT`] overall (the
+/// health beacon keeps the stream busy, so the per-event deadline alone would never fire).
 async fn events_until(
     stream: &mut EventReader,
     what: &str,
@@ -700,8 +701,8 @@ async fn the_autoscaler_contract_holds() {
     for service in &services {
         let name = service["name"].as_str().unwrap();
         let replicas = service["current_replicas"].as_u64().unwrap();
-        assert!(service["thresholds"]["cpu"].as_f64() == Some(50.0));
-        assert!(service["thresholds"]["memory"].as_f64() == Some(70.0));
+        assert_eq!(service["thresholds"]["cpu"].as_f64(), Some(50.0));
+        assert_eq!(service["thresholds"]["memory"].as_f64(), Some(70.0));
         assert_eq!(service["metric"], "cpu");
         assert!(service["min_replicas"].as_u64().is_some());
         assert!(service["max_replicas"].as_u64().unwrap() >= 2);
