@@ -749,6 +749,13 @@ async fn the_autoscaler_contract_holds() {
     let after = client.get(&idle_path).await;
     assert_eq!(after.status, StatusCode::NOT_FOUND);
     assert_eq!(after.json(), json!({"error": "metrics not available"}));
+
+    // A name the registry does not know is a different 404, for reads and forced samples.
+    let unknown = format!("/services/{}/metrics", unique("e2e-unknown"));
+    for reply in [client.get(&unknown).await, client.post(&unknown).await] {
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(reply.json(), json!({"error": "service not found"}));
+    }
     binary.assert_running();
 }
 
