@@ -759,11 +759,9 @@ async fn the_autoscaler_contract_holds() {
     binary.assert_running();
 }
 
-/// Exposes a bug in src/logging.rs: the field formatter writes ANSI colour escapes
-/// (`\x1b[3mlisten\x1b[0m\x1b[2m=\x1b[0m...`) even when stdout is a pipe or a file, so
-/// `grep listen=` over the suite's logs finds nothing. Remove the `ignore` with the fix.
+/// Log lines keep the suite's format with plain `key=value` fields even when written to a pipe
+/// or a file: colour escapes there would break every `grep listen=` over the suite's logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "exposes a bug: src/logging.rs writes ANSI escapes into piped log lines"]
 async fn log_lines_are_plain_text_in_the_suite_format() {
     let mut binary = Binary::start(&unique_prefix(), &[]);
     let deadline = Instant::now() + START_LIMIT;
