@@ -5,6 +5,8 @@
 # Needs: wrk, h2load (nghttp2-client), nginx, curl, python3.
 #   apt-get install -y wrk nghttp2-client nginx-light
 # Usage: benches/http-load.sh            (DURATION=10 ROUNDS=3 RATE=10000 SUBSCRIBERS=1000)
+#        SECTIONS=sse benches/http-load.sh   only the SSE fan-out (also: throughput, latency)
+#        SSE_FULL_LIST=1                     also the stream that opts in to services.updated
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,8 @@ SUBSCRIBERS=${SUBSCRIBERS:-1000}
 PORT=${PORT:-5801}
 NGINX_PORT=${NGINX_PORT:-5802}
 NGINX_H2C_PORT=${NGINX_H2C_PORT:-5803}
+SECTIONS=${SECTIONS:-throughput latency sse}
+wants() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 for tool in wrk h2load nginx curl python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
@@ -85,6 +89,7 @@ h2load_rps() {
         | awk '/^finished in/ {gsub(",", "", $4); print $4}'
 }
 
+if wants throughput; then
 : >"$WORK/results"
 for round in $(seq "$ROUNDS"); do
     r=$(wrk_rps "http://127.0.0.1:$PORT/services")
@@ -109,7 +114,9 @@ for tool, pairs in rows.items():
     print(f"{tool}: median registry={r:.0f} req/s nginx={n:.0f} req/s "
           f"ratio={r / n:.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
 PY
+fi
 
+if wants latency; then
 echo "== latency at $RATE req/s: h2load --rps, 16 connections, 10 s (per-request log)"
 latency() {
     local label=$1
@@ -134,10 +141,19 @@ latency "registry http/1.1" --h1 -c16 --rps "$PER_CLIENT" -D 10 "http://127.0.0.
 latency "nginx    http/1.1" --h1 -c16 --rps "$PER_CLIENT" -D 10 "http://127.0.0.1:$NGINX_PORT/services"
 latency "registry h2c     " -c16 --rps "$PER_CLIENT" -D 10 "http://127.0.0.1:$PORT/services"
 latency "nginx    h2c     " -c16 --rps "$PER_CLIENT" -D 10 "http://127.0.0.1:$NGINX_H2C_PORT/services"
+fi
 
+wants sse || exit 0
 echo "== SSE fan-out: $SUBSCRIBERS subscribers over 4 HTTP/2 connections"
-"$BIN" sse --addr "127.0.0.1:$PORT" --pid "$SERVER" --subscribers "$SUBSCRIBERS" \
-    --connections 4 --changes 50 --query "events=service.*"
-echo "-- unfiltered (each change also carries services.updated with all 200 entries)"
+# First on a fresh heap, so its memory figure is not flattered by an earlier run.
+echo "-- default stream (every change but services.updated)"
 "$BIN" sse --addr "127.0.0.1:$PORT" --pid "$SERVER" --subscribers "$SUBSCRIBERS" \
     --connections 4 --changes 50
+echo "-- events=service.*"
+"$BIN" sse --addr "127.0.0.1:$PORT" --pid "$SERVER" --subscribers "$SUBSCRIBERS" \
+    --connections 4 --changes 50 --query "events=service.*"
+if [ "${SSE_FULL_LIST:-0}" = 1 ]; then
+    echo "-- events=* (opted in: each change also carries services.updated, all 200 entries)"
+    "$BIN" sse --addr "127.0.0.1:$PORT" --pid "$SERVER" --subscribers "$SUBSCRIBERS" \
+        --connections 4 --changes 50 --query "events=*"
+fi

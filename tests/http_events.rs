@@ -52,13 +52,14 @@ async fn a_new_stream_gets_a_snapshot_then_live_changes() {
         assert_eq!(body["event"], "service.added");
         assert_eq!(body["service"]["name"], "api");
         assert_eq!(body["seq"], revision + 1);
-        let list = stream.next().await.unwrap();
-        assert_eq!(list.event, "services.updated");
-        assert_eq!(list.json()["services_count"], 2);
+        // The registry's services.updated (seq revision + 2) is not on a default stream.
+        let list_seq = server.registry.snapshot().revision;
+        assert_eq!(list_seq, revision + 2);
 
         server.metrics("api", Some(sample(3.0))).await;
         let metrics = stream.next().await.unwrap();
         assert_eq!(metrics.event, "metrics.api");
+        assert_eq!(metrics.id, Some(revision + 3));
         assert_eq!(metrics.json()["event"], "metrics.updated");
 
         let text = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
@@ -90,6 +91,80 @@ async fn events_serves_the_stream_to_clients_that_accept_it() {
 }
 
 #[tokio::test]
+async fn the_full_list_comes_only_to_streams_that_ask_for_it() {
+    for protocol in PROTOCOLS {
+        let server = TestServer::with_defaults().await;
+        server.list(vec![spec("web")]).await;
+        let client = server.client(protocol);
+        let mut streams = Vec::new();
+        for query in [
+            "",
+            "?events=services.updated",
+            "?events=*",
+            "?events=services.*",
+        ] {
+            let mut stream = client.events(&format!("/events/stream{query}"), &[]).await;
+            assert_eq!(stream.next().await.unwrap().event, "snapshot");
+            streams.push((query, stream));
+        }
+        let before = server.registry.snapshot().revision;
+        server.list(vec![spec("web"), spec("api")]).await;
+        server.metrics("web", Some(sample(4.0))).await;
+        let log = server.registry.snapshot().changes_since(before).unwrap();
+        let keys: Vec<String> = log.iter().map(|c| c.routing_key()).collect();
+        assert!(keys.contains(&"services.updated".to_owned()), "{keys:?}");
+
+        for (query, stream) in &mut streams {
+            let wants_list = !query.is_empty();
+            let expected: Vec<(Option<u64>, String)> = log
+                .iter()
+                .filter(|c| {
+                    let key = c.routing_key();
+                    match *query {
+                        "" => key != "services.updated",
+                        "?events=services.updated" | "?events=services.*" => {
+                            key == "services.updated"
+                        }
+                        _ => true,
+                    }
+                })
+                .map(|c| (Some(c.seq), c.routing_key()))
+                .collect();
+            let last = expected.last().unwrap().0;
+            let got: Vec<(Option<u64>, String)> = stream
+                .collect_until(|e| e.id == last)
+                .await
+                .into_iter()
+                .map(|e| (e.id, e.event))
+                .collect();
+            assert_eq!(got, expected, "{protocol:?} {query:?}");
+            let lists = got.iter().filter(|(_, e)| e == "services.updated").count();
+            assert_eq!(lists > 0, wants_list, "{protocol:?} {query:?}");
+        }
+        // The list itself, when asked for, is the whole registry.
+        let (_, only_lists) = &mut streams[1];
+        server.list(vec![spec("api")]).await;
+        let list = only_lists.next().await.unwrap();
+        assert_eq!(list.event, "services.updated");
+        assert_eq!(list.json()["services_count"], 1);
+        drop(streams);
+        server.stop().await.unwrap();
+    }
+}
+
+/// The events a stream with this query must carry, decided independently of the server's
+/// filter code.
+fn carried(query: &str, change: &pipeline::Change) -> bool {
+    let key = change.routing_key();
+    match query {
+        "" => key != "services.updated",
+        "events=*" => true,
+        "service=web" => change.kind.service_name() == Some("web"),
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+#[tokio::test]
 async fn resuming_replays_exactly_the_missed_changes_in_order() {
     for protocol in PROTOCOLS {
         let server = TestServer::with_defaults().await;
@@ -102,39 +177,71 @@ async fn resuming_replays_exactly_the_missed_changes_in_order() {
         let last_id = seen.id.unwrap();
         drop(stream);
 
-        // Missed while disconnected.
+        // Missed while disconnected: additions, removals, metrics, and the full lists.
         server.list(vec![spec("web"), spec("api")]).await;
         server.metrics("web", Some(sample(2.0))).await;
+        server.metrics("api", Some(sample(2.5))).await;
         server.list(vec![spec("api")]).await;
-        for resume in [vec![("last-event-id", last_id.to_string())], vec![]] {
-            let missed = server.registry.snapshot().changes_since(last_id).unwrap();
-            assert!(missed.len() >= 5);
-            let headers: Vec<(&str, &str)> = resume.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let path = if headers.is_empty() {
-                format!("/events/stream?since={last_id}")
-            } else {
-                "/events/stream".to_owned()
-            };
-            let mut stream = client.events(&path, &headers).await;
-            let mut replayed = Vec::new();
-            for _ in 0..missed.len() {
-                replayed.push(stream.next().await.unwrap());
+        let missed = server.registry.snapshot().changes_since(last_id).unwrap();
+        let keys: Vec<String> = missed.iter().map(|c| c.routing_key()).collect();
+        assert!(missed.len() >= 6, "{keys:?}");
+        assert!(keys.contains(&"services.updated".to_owned()), "{keys:?}");
+        let mut web_listed = false;
+        for query in ["", "events=*", "service=web"] {
+            for by_header in [true, false] {
+                let (path, headers) = match (by_header, query) {
+                    (true, "") => (
+                        "/events/stream".to_owned(),
+                        vec![("last-event-id", last_id)],
+                    ),
+                    (true, q) => (
+                        format!("/events/stream?{q}"),
+                        vec![("last-event-id", last_id)],
+                    ),
+                    (false, "") => (format!("/events/stream?since={last_id}"), vec![]),
+                    (false, q) => (format!("/events/stream?since={last_id}&{q}"), vec![]),
+                };
+                let missed = server.registry.snapshot().changes_since(last_id).unwrap();
+                let expected: Vec<(Option<u64>, String)> = missed
+                    .iter()
+                    .filter(|c| carried(query, c))
+                    .map(|c| (Some(c.seq), c.routing_key()))
+                    .collect();
+                assert!(!expected.is_empty());
+                let headers: Vec<(&str, String)> = headers
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_string()))
+                    .collect();
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let mut stream = client.events(&path, &headers).await;
+                let mut replayed = Vec::new();
+                for _ in 0..expected.len() {
+                    replayed.push(stream.next().await.unwrap());
+                }
+                let got: Vec<(Option<u64>, String)> =
+                    replayed.iter().map(|e| (e.id, e.event.clone())).collect();
+                assert_eq!(got, expected, "{protocol:?} {path}");
+                for event in &replayed {
+                    let change = missed.iter().find(|c| Some(c.seq) == event.id).unwrap();
+                    assert_eq!(event.data, *change.json());
+                }
+                // Then live, with nothing else in between: a change every filter here carries.
+                let next = server.registry.snapshot().revision + 1;
+                web_listed = !web_listed;
+                let (specs, event) = if web_listed {
+                    (vec![spec("api"), spec("web")], "service.added")
+                } else {
+                    (vec![spec("api")], "service.removed")
+                };
+                server.list(specs).await;
+                let live = stream.next().await.unwrap();
+                assert_eq!(
+                    (live.id, live.event.as_str()),
+                    (Some(next), event),
+                    "{path}"
+                );
             }
-            let expected: Vec<(Option<u64>, String)> = missed
-                .iter()
-                .map(|c| (Some(c.seq), c.routing_key()))
-                .collect();
-            let got: Vec<(Option<u64>, String)> =
-                replayed.iter().map(|e| (e.id, e.event.clone())).collect();
-            assert_eq!(got, expected, "{protocol:?} {path}");
-            for (event, change) in replayed.iter().zip(&missed) {
-                assert_eq!(event.data, *change.json());
-            }
-            // Then live.
-            let next = server.registry.snapshot().revision + 1;
-            server.metrics("api", Some(sample(9.0))).await;
-            let live = stream.next().await.unwrap();
-            assert_eq!((live.id, live.event.as_str()), (Some(next), "metrics.api"));
         }
         server.stop().await.unwrap();
     }
@@ -296,8 +403,11 @@ async fn read_until(socket: &mut tokio::net::TcpStream, needle: &[u8]) -> Vec<u8
                 "connection closed before {:?}",
                 String::from_utf8_lossy(needle)
             );
+            // Only the new bytes (and the tail a needle could straddle) are searched: the
+            // backlog of a stuck stream is megabytes, and rescanning it all is quadratic.
+            let from = seen.len().saturating_sub(needle.len() - 1);
             seen.extend_from_slice(&chunk[..n]);
-            if seen.windows(needle.len()).any(|w| w == needle) {
+            if seen[from..].windows(needle.len()).any(|w| w == needle) {
                 return;
             }
         }
@@ -315,13 +425,14 @@ async fn a_subscriber_that_stops_reading_is_reset_and_slows_nobody() {
         ..Options::default()
     };
     let server = TestServer::start(options).await;
-    // Large events (each services.updated carries every entry) fill socket buffers quickly.
+    // Large events (each services.updated carries every entry; the stuck client asks for them)
+    // fill socket buffers quickly.
     let mut specs: Vec<_> = (0..200).map(|i| spec(&format!("svc-{i:03}"))).collect();
     server.list(specs.clone()).await;
 
     let mut stuck = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     stuck
-        .write_all(b"GET /events/stream HTTP/1.1\r\nhost: test\r\n\r\n")
+        .write_all(b"GET /events/stream?events=* HTTP/1.1\r\nhost: test\r\n\r\n")
         .await
         .unwrap();
     read_until(&mut stuck, b"event: snapshot").await;

@@ -37,8 +37,13 @@ pub struct Blocking {
 
 /// Which changes an event stream carries.
 ///
-/// A change passes when it matches the `events` patterns (if any) and concerns one of the
-/// `service` names (if any). Changes about no particular service (`services.updated`,
+/// A change passes when it matches the `events` patterns and concerns one of the `service`
+/// names (if any). Without `events`, every kind passes except `services.updated`: the stream
+/// opens with a full snapshot and then carries every per-service change, so the whole list
+/// repeated after each change says nothing new and would multiply the bytes sent to every
+/// subscriber by the size of the registry. A client that wants it names it
+/// (`events=services.updated`, `services.*` or `*`). Ids are change seqs either way, so a
+/// stream simply skips the seqs it does not carry. Changes about no particular service (`services.updated`,
 /// `health.check`) pass a service filter only when the `events` filter asks for them by name,
 /// so `?service=web` does not receive every service in each `services.updated`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,6 +77,9 @@ const EXACT_KEYS: [&str; 5] = [
     "services.updated",
     "health.check",
 ];
+/// The routing key left out of a stream that does not choose its events.
+pub const FULL_LIST_EVENT: &str = "services.updated";
+
 const FAMILIES: [&str; 4] = ["service", "services", "metrics", "health"];
 
 impl EventPattern {
@@ -112,10 +120,10 @@ impl EventPattern {
 impl EventFilter {
     /// Whether a change with this routing key, about this service (if any), is delivered.
     pub fn admits(&self, routing_key: &str, service: Option<&str>) -> bool {
-        let wanted_event = self
-            .events
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(routing_key)));
+        let wanted_event = match &self.events {
+            None => routing_key != FULL_LIST_EVENT,
+            Some(patterns) => patterns.iter().any(|p| p.matches(routing_key)),
+        };
         let wanted_service = match (&self.services, service) {
             (None, _) => true,
             (Some(names), Some(name)) => names.contains(name),
@@ -363,12 +371,29 @@ mod tests {
         assert!(families.admits("service.removed", Some("x")));
         assert!(!families.admits("services.updated", None));
 
-        let all = StreamQuery::default().filter;
-        assert!(all.admits("services.updated", None) && all.admits("metrics.x", Some("x")));
-        assert!(parse_stream(Some("events=*"))
-            .unwrap()
-            .filter
-            .admits("health.check", None));
+        let all = parse_stream(Some("events=*")).unwrap().filter;
+        assert!(all.admits("services.updated", None) && all.admits("health.check", None));
+        assert!(all.admits("metrics.x", Some("x")));
+    }
+
+    #[test]
+    fn the_default_stream_leaves_out_only_the_full_list() {
+        let default = parse_stream(None).unwrap().filter;
+        assert_eq!(default, StreamQuery::default().filter);
+        assert!(!default.admits("services.updated", None));
+        for key in ["service.added", "service.updated", "service.removed"] {
+            assert!(default.admits(key, Some("web")), "{key}");
+        }
+        assert!(default.admits("metrics.web", Some("web")));
+        assert!(default.admits("health.check", None));
+
+        for asks in ["events=services.updated", "events=services.*", "events=*"] {
+            let filter = parse_stream(Some(asks)).unwrap().filter;
+            assert!(filter.admits("services.updated", None), "{asks}");
+        }
+        let with_service = parse_stream(Some("since=3&service=web")).unwrap().filter;
+        assert!(!with_service.admits("services.updated", None));
+        assert!(with_service.admits("service.updated", Some("web")));
     }
 
     #[test]

@@ -303,7 +303,9 @@ pub fn root_body(now: Timestamp) -> Bytes {
         ),
         (
             "GET /events/stream",
-            "server-sent events: a snapshot, then every change",
+            "server-sent events: a snapshot, then every change except services.updated \
+             (ask with ?events=services.updated or *); filters ?service=, ?events=; resume with \
+             Last-Event-ID or ?since=",
         ),
     ]);
     to_bytes(&RootBody {
