@@ -1,6 +1,6 @@
 //! The HTTP API under load: a bench server with synthetic services and an SSE fan-out
 //! client. Driven by benches/http-load.sh; see
-//! benches/RESULTS-http.md for figures.
+//! BENCHMARKS.md ("HTTP API and event stream") for figures.
 //!
 //! ```text
 //! http_load serve --port P [--services N]
