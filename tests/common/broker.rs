@@ -30,7 +30,7 @@ pub static BROKER_LOCK: RwLock<()> = RwLock::const_new(());
 pub fn rabbitmq_available(test: &str) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], STREAM_PORT));
     let deadline = Instant::now() + Duration::from_secs(10);
-    // A colleague's outage test may have it down for a few seconds: wait that out.
+    // Another test's broker outage may have it down for a few seconds: wait that out.
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
             return true;
