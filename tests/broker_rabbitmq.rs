@@ -152,11 +152,7 @@ async fn create_update_remove_arrive_in_order_with_keys_bodies_and_ids() {
     );
     assert_eq!(state.dropped.load(Ordering::Relaxed), 0);
     assert_eq!(state.outbox_len.load(Ordering::Relaxed), 0);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_publisher(&shutdown, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,11 +274,7 @@ async fn a_broker_outage_loses_nothing_and_stores_nothing_twice() {
     assert!(state.reconnects.load(Ordering::Relaxed) >= 1);
     assert_eq!(state.dropped.load(Ordering::Relaxed), 0);
     assert!(state.last_error.lock().unwrap().is_some());
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_publisher(&shutdown, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,11 +331,7 @@ async fn the_registry_starts_without_the_broker_and_publishes_once_it_appears() 
     let changes = run_changes(&registry);
     let received = read_through(&config, changes.last().unwrap().seq).await;
     assert_matches_changes(&received, &changes);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_publisher(&shutdown, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,11 +395,7 @@ async fn a_bad_rabbitmq_url_is_a_clear_startup_error() {
     );
     assert!(!state.is_connected());
     assert!(!task.is_finished());
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_publisher(&shutdown, task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,9 +433,5 @@ async fn a_stream_with_other_arguments_is_reported_and_still_used() {
     let changes = run_changes(&registry);
     let received = read_through(&config, changes.last().unwrap().seq).await;
     assert_matches_changes(&received, &changes);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_publisher(&shutdown, task).await;
 }

@@ -365,3 +365,15 @@ pub fn spawn_publisher(
     ));
     (state, shutdown, task)
 }
+
+/// Stop a publisher started by [`spawn_publisher`] and wait (bounded) for it to finish.
+pub async fn stop_publisher(
+    shutdown: &tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+) {
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the publisher stops within 10 s")
+        .expect("the publisher task does not panic");
+}
