@@ -268,17 +268,7 @@ async fn an_engine_outage_keeps_services_stale_and_loses_no_change() {
     .await;
 
     let guard = DockerdGuard;
-    let stop = tokio::task::spawn_blocking(|| {
-        std::process::Command::new(dev_env())
-            .arg("docker-stop")
-            .output()
-    });
-    let stopped = stop.await.unwrap().unwrap();
-    assert!(
-        stopped.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stopped.stderr)
-    );
+    run_dev_env("docker-stop").await;
     let max_age = 60_000;
     let snap = wait_for(
         r,
@@ -306,17 +296,7 @@ async fn an_engine_outage_keeps_services_stale_and_loses_no_change() {
         snap.services.contains_key(kept.as_str()) && snap.services.contains_key(doomed.as_str())
     );
 
-    let start = tokio::task::spawn_blocking(|| {
-        std::process::Command::new(dev_env())
-            .arg("docker-start")
-            .output()
-    });
-    let started = start.await.unwrap().unwrap();
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
+    run_dev_env("docker-start").await;
     drop(guard);
     // Right at restart: one service created, one removed.
     let born_svc = create_service(

@@ -213,3 +213,21 @@ pub async fn wait_for(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Run a test bed subcommand (`docker-stop`, `docker-start`) off the async runtime and insist
+/// that it succeeded.
+pub async fn run_dev_env(subcommand: &'static str) {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(dev_env())
+            .arg(subcommand)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "dev-env {subcommand}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
