@@ -275,6 +275,35 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_finishes_its_body_is_answered_408() {
+    let mut options = Options::default();
+    options.config = HttpConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..options.config
+    };
+    let server = TestServer::start(options).await;
+    server.list(vec![spec("web")]).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"POST /cache/clear HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(DEADLINE, slow.read(&mut buf))
+        .await
+        .expect("the server answers a body that never completes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert_eq!(status_of(&answer), 408, "{answer:?}");
+    assert_eq!(
+        server.registry.snapshot().services.len(),
+        1,
+        "the command ran without its whole request"
+    );
+    still_serving(&server).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn clients_beyond_the_connection_limit_wait_for_a_slot() {
     let mut options = Options::default();
     options.config = HttpConfig {

@@ -43,8 +43,8 @@ pub struct HttpConfig {
     /// MAX_HEADER_BYTES: the largest request head accepted over HTTP/1.1, and header list over
     /// HTTP/2 (default 16384, at least 8192). Larger heads get 431.
     pub max_header_bytes: usize,
-    /// HEADER_READ_TIMEOUT_SEC: how long a client may take to send its request head (default
-    /// 10), so slow-loris connections do not pin a connection slot.
+    /// HEADER_READ_TIMEOUT_SEC: how long a client may take to send its request head, and
+    /// then its body (default 10), so slow-loris connections do not pin a connection slot.
     pub header_read_timeout: Duration,
     /// MAX_BODY_BYTES: the largest request body accepted (default 65536). No endpoint needs a
     /// body; the bound keeps a client from streaming one forever.

@@ -47,6 +47,8 @@ const JSON: &str = "application/json";
 struct Settings {
     api_token: Option<String>,
     max_body_bytes: u64,
+    /// How long a request body may take to arrive (the request head's deadline again).
+    body_read_timeout: Duration,
     command_timeout: Duration,
     stale_after_ms: i64,
     refresh_interval_sec: u64,
@@ -85,6 +87,7 @@ impl Api {
             settings: Settings {
                 api_token: config.api_token.clone(),
                 max_body_bytes: config.max_body_bytes,
+                body_read_timeout: config.header_read_timeout,
                 command_timeout: config.command_timeout,
                 stale_after_ms: i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX),
                 refresh_interval_sec: state.refresh_interval.as_secs(),
@@ -147,18 +150,29 @@ impl Api {
                 return denied;
             }
         }
-        // No endpoint reads a body, but one that is sent is consumed (within the bound) so the
-        // connection stays usable and an endless body is refused rather than read forever.
+        // No endpoint reads a body, but one that is sent is consumed (within the bounds) so the
+        // connection stays usable, and an endless or trickling body is refused rather than
+        // read forever.
         if !body.is_end_stream() {
             let limit = usize::try_from(self.settings.max_body_bytes).unwrap_or(usize::MAX);
-            if let Err(error) = Limited::new(body, limit).collect().await {
-                if error.is::<http_body_util::LengthLimitError>() {
+            let deadline = self.settings.body_read_timeout;
+            match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
                     return self.too_large();
                 }
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("could not read the request body: {error}"),
-                );
+                Ok(Err(error)) => {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("could not read the request body: {error}"),
+                    );
+                }
+                Err(_) => {
+                    return json_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!("request body not received within {} s", deadline.as_secs()),
+                    );
+                }
             }
         }
         let outcome = match route {

@@ -12,8 +12,8 @@ use super::route::ROUTE_LABELS;
 use crate::status::{PublisherState, SourceCounters};
 
 /// Statuses counted under their own label; anything else is counted as `other`.
-const STATUSES: [u16; 15] = [
-    200, 204, 304, 400, 401, 404, 405, 413, 431, 500, 501, 502, 503, 504, 0,
+const STATUSES: [u16; 16] = [
+    200, 204, 304, 400, 401, 404, 405, 408, 413, 431, 500, 501, 502, 503, 504, 0,
 ];
 
 /// Request duration bucket bounds, in seconds.
