@@ -8,10 +8,29 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use crate::config::{ConfigError, Vars};
 
 /// hyper refuses (by panicking) a header buffer smaller than this, so it is our floor too.
 pub const MIN_HEADER_BYTES: u64 = 8192;
+
+/// The longest duration setting accepted (one year). Deadlines are computed as `now + d`,
+/// which panics when it overflows, so absurd values are refused at start-up instead.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+
+/// A duration in whole seconds, at least one and at most [`MAX_SECONDS`].
+fn seconds(vars: &Vars, name: &str, default: u64) -> Result<Duration, ConfigError> {
+    let duration = vars.seconds(name, default)?;
+    if duration.as_secs() > MAX_SECONDS {
+        return Err(ConfigError::new(
+            name,
+            &duration.as_secs().to_string(),
+            format!("must be at most {MAX_SECONDS} (one year)"),
+        ));
+    }
+    Ok(duration)
+}
 
 /// Where the TLS certificate chain and private key are, both PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +129,7 @@ impl HttpConfig {
         };
         let stale_after = match vars.get("STALE_AFTER_SEC") {
             None => None,
-            Some(_) => Some(vars.seconds("STALE_AFTER_SEC", 0)?),
+            Some(_) => Some(seconds(vars, "STALE_AFTER_SEC", 0)?),
         };
         let http2_max_streams = vars.number(
             "HTTP2_MAX_STREAMS",
@@ -136,22 +155,32 @@ impl HttpConfig {
                 "must fit in 32 bits",
             ));
         }
+        let max_connections = vars.number("MAX_CONNECTIONS", defaults.max_connections as u64, 1)?;
+        let max_connections = usize::try_from(max_connections)
+            .ok()
+            .filter(|n| *n <= Semaphore::MAX_PERMITS)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "MAX_CONNECTIONS",
+                    &max_connections.to_string(),
+                    format!("must be at most {}", Semaphore::MAX_PERMITS),
+                )
+            })?;
         Ok(HttpConfig {
             listen: SocketAddr::new(host, port),
             api_token: vars.get("API_TOKEN").map(str::to_owned),
             tls,
-            sse_heartbeat: vars.seconds("SSE_HEARTBEAT_SEC", 15)?,
+            sse_heartbeat: seconds(vars, "SSE_HEARTBEAT_SEC", 15)?,
             sse_retry: vars.millis("SSE_RETRY_MS", 2000)?,
             stale_after,
-            max_connections: vars.number("MAX_CONNECTIONS", defaults.max_connections as u64, 1)?
-                as usize,
+            max_connections,
             max_header_bytes: max_header_bytes as usize,
-            header_read_timeout: vars.seconds("HEADER_READ_TIMEOUT_SEC", 10)?,
+            header_read_timeout: seconds(vars, "HEADER_READ_TIMEOUT_SEC", 10)?,
             max_body_bytes: vars.number("MAX_BODY_BYTES", defaults.max_body_bytes, 0)?,
             http2_max_streams,
-            http2_keepalive: vars.seconds("HTTP2_KEEPALIVE_SEC", 30)?,
-            command_timeout: vars.seconds("COMMAND_TIMEOUT_SEC", 30)?,
-            shutdown_grace: vars.seconds("SHUTDOWN_GRACE_SEC", 10)?,
+            http2_keepalive: seconds(vars, "HTTP2_KEEPALIVE_SEC", 30)?,
+            command_timeout: seconds(vars, "COMMAND_TIMEOUT_SEC", 30)?,
+            shutdown_grace: seconds(vars, "SHUTDOWN_GRACE_SEC", 10)?,
         })
     }
 
@@ -213,5 +242,34 @@ mod tests {
         assert_eq!(err(&[("MAX_HEADER_BYTES", "100")]).name, "MAX_HEADER_BYTES");
         assert_eq!(err(&[("SSE_HEARTBEAT_SEC", "0")]).name, "SSE_HEARTBEAT_SEC");
         assert_eq!(err(&[("HTTP2_MAX_STREAMS", "0")]).name, "HTTP2_MAX_STREAMS");
+    }
+
+    #[test]
+    fn values_that_would_panic_later_are_refused() {
+        let err = |pairs: &[(&str, &str)]| {
+            HttpConfig::from_vars(&Vars::from_pairs(pairs.iter().copied())).unwrap_err()
+        };
+        let huge = u64::MAX.to_string();
+        // A semaphore cannot hold this many permits.
+        assert_eq!(
+            err(&[("MAX_CONNECTIONS", huge.as_str())]).name,
+            "MAX_CONNECTIONS"
+        );
+        // `now + duration` overflows for these.
+        for name in [
+            "SSE_HEARTBEAT_SEC",
+            "HEADER_READ_TIMEOUT_SEC",
+            "HTTP2_KEEPALIVE_SEC",
+            "COMMAND_TIMEOUT_SEC",
+            "SHUTDOWN_GRACE_SEC",
+            "STALE_AFTER_SEC",
+        ] {
+            assert_eq!(err(&[(name, huge.as_str())]).name, name);
+        }
+        let year = MAX_SECONDS.to_string();
+        let config =
+            HttpConfig::from_vars(&Vars::from_pairs([("SSE_HEARTBEAT_SEC", year.as_str())]))
+                .unwrap();
+        assert_eq!(config.sse_heartbeat, Duration::from_secs(MAX_SECONDS));
     }
 }
