@@ -162,14 +162,6 @@ impl HttpMetrics {
             histogram.observe(elapsed);
         }
     }
-
-    /// Requests counted for one route label and status (tests and benches read this).
-    pub fn requests(&self, route: usize, status: u16) -> u64 {
-        self.requests
-            .get(route)
-            .map(|row| row[status_slot(status)].load(Ordering::Relaxed))
-            .unwrap_or(0)
-    }
 }
 
 /// What /metrics reports besides the server's own measurements.

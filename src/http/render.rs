@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use pipeline::change::SERVICE_NAME;
 use pipeline::{Metrics, Snapshot, SourceStatus, Timestamp};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -23,9 +24,6 @@ pub const AVAILABLE_EVENTS: [&str; 6] = [
     "metrics.{service_name}",
     "health.check",
 ];
-
-/// The `service` field of `/health`.
-pub const SERVICE_ID: &str = "service-registry";
 
 /// Serialise plain data. Every body here is strings, numbers and nested structs of them, which
 /// serde_json always accepts; the fallback keeps even an impossible failure a valid answer.
@@ -436,7 +434,7 @@ pub fn health_body(
         cache: stats,
         publisher: publisher_body(publisher),
         revision: snapshot.revision,
-        service: SERVICE_ID,
+        service: SERVICE_NAME,
         source: source_body(snapshot, freshness),
         status: if report.healthy {
             "healthy"
