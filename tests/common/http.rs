@@ -259,17 +259,89 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The body as JSON; panics unless it is JSON whose objects list their keys in sorted
+    /// order, as the original registry serialised them.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+        let value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "body is not JSON ({e}): {:?}",
                 String::from_utf8_lossy(&self.body)
             )
-        })
+        });
+        let KeysSorted(sorted) = serde_json::from_slice(&self.body).unwrap();
+        assert!(
+            sorted,
+            "keys are not sorted: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        value
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// Whether every object in a JSON text lists its keys in sorted order. A parsed [`Value`]
+/// sorts its keys itself, so the order is checked while reading the text.
+struct KeysSorted(bool);
+
+impl<'de> serde::Deserialize<'de> for KeysSorted {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(KeysSortedVisitor)
+    }
+}
+
+struct KeysSortedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeysSortedVisitor {
+    type Value = KeysSorted;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<KeysSorted, E> {
+        Ok(KeysSorted(true))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<KeysSorted, E> {
+        Ok(KeysSorted(true))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<KeysSorted, E> {
+        Ok(KeysSorted(true))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<KeysSorted, E> {
+        Ok(KeysSorted(true))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<KeysSorted, E> {
+        Ok(KeysSorted(true))
+    }
+
+    fn visit_unit<E>(self) -> Result<KeysSorted, E> {
+        Ok(KeysSorted(true))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<KeysSorted, A::Error> {
+        let mut sorted = true;
+        while let Some(KeysSorted(inner)) = seq.next_element()? {
+            sorted &= inner;
+        }
+        Ok(KeysSorted(sorted))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeysSorted, A::Error> {
+        let mut sorted = true;
+        let mut previous: Option<String> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let KeysSorted(inner) = map.next_value()?;
+            sorted &= inner && previous.as_ref().is_none_or(|p| *p < key);
+            previous = Some(key);
+        }
+        Ok(KeysSorted(sorted))
     }
 }
 
