@@ -8,6 +8,11 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The longest duration any setting may have (one year). Deadlines are computed as `now + d`,
+/// which panics on overflow deep inside the runtime or hyper, so absurd values are refused at
+/// start-up instead.
+pub const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
+
 /// A setting that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {name}={value:?}: {reason}")]
@@ -92,15 +97,31 @@ impl Vars {
         Ok(n)
     }
 
-    /// A duration given in whole seconds (at least one), or `default` when unset.
+    /// A duration given in whole seconds (at least one, at most [`MAX_DURATION_SECS`]), or
+    /// `default` when unset.
     pub fn seconds(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
-        self.number(name, default, 1).map(Duration::from_secs)
+        let secs = self.number(name, default, 1)?;
+        at_most_a_year(name, secs, secs)?;
+        Ok(Duration::from_secs(secs))
     }
 
-    /// A duration given in whole milliseconds, or `default` when unset.
+    /// A duration given in whole milliseconds (at most a year), or `default` when unset.
     pub fn millis(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
-        self.number(name, default, 0).map(Duration::from_millis)
+        let millis = self.number(name, default, 0)?;
+        at_most_a_year(name, millis, millis / 1000)?;
+        Ok(Duration::from_millis(millis))
     }
+}
+
+fn at_most_a_year(name: &str, given: u64, secs: u64) -> Result<(), ConfigError> {
+    if secs > MAX_DURATION_SECS {
+        return Err(ConfigError::new(
+            name,
+            &given.to_string(),
+            format!("must be at most a year ({MAX_DURATION_SECS} s)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Settings of the core: label rules, history size, beacons, logging.
@@ -180,6 +201,14 @@ mod tests {
         let err = CoreConfig::from_vars(&Vars::from_pairs([("HEALTH_CHECK_INTERVAL_SEC", "0")]))
             .unwrap_err();
         assert!(err.reason.contains("at least 1"), "{err}");
+        let err = CoreConfig::from_vars(&Vars::from_pairs([(
+            "HEALTH_CHECK_INTERVAL_SEC",
+            "99999999999999",
+        )]))
+        .unwrap_err();
+        assert!(err.reason.contains("at most a year"), "{err}");
+        let vars = Vars::from_pairs([("SOME_MS", "99999999999999999")]);
+        assert!(vars.millis("SOME_MS", 1).is_err());
         let err = CoreConfig::from_vars(&Vars::from_pairs([("LOG_LEVEL", "loud")])).unwrap_err();
         assert_eq!(err.name, "LOG_LEVEL");
     }

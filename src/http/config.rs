@@ -15,21 +15,11 @@ use crate::config::{ConfigError, Vars};
 /// hyper refuses (by panicking) a header buffer smaller than this, so it is our floor too.
 pub const MIN_HEADER_BYTES: u64 = 8192;
 
-/// The longest duration setting accepted (one year). Deadlines are computed as `now + d`,
-/// which panics when it overflows, so absurd values are refused at start-up instead.
-pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+/// The longest duration setting accepted: the shared bound of [`Vars::seconds`].
+pub const MAX_SECONDS: u64 = crate::config::MAX_DURATION_SECS;
 
-/// A duration in whole seconds, at least one and at most [`MAX_SECONDS`].
 fn seconds(vars: &Vars, name: &str, default: u64) -> Result<Duration, ConfigError> {
-    let duration = vars.seconds(name, default)?;
-    if duration.as_secs() > MAX_SECONDS {
-        return Err(ConfigError::new(
-            name,
-            &duration.as_secs().to_string(),
-            format!("must be at most {MAX_SECONDS} (one year)"),
-        ));
-    }
-    Ok(duration)
+    vars.seconds(name, default)
 }
 
 /// Where the TLS certificate chain and private key are, both PEM.
