@@ -7,6 +7,9 @@
 //! delay is the difference. Run: `cargo bench --bench event_latency` (needs the test bed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/swarm.rs"]
+mod swarm;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,20 +90,14 @@ async fn main() {
         SMOKE_RUN
     };
     let (services, updates) = (size, size);
-    let docker = match Docker::connect_with_local_defaults() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIP event_latency: {e}");
-            return;
-        }
-    };
-    let docker = match docker.negotiate_version().await {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIP event_latency: no docker engine ({e})");
-            return;
-        }
-    };
+    if !swarm::swarm_available("event_latency") {
+        return;
+    }
+    let docker = Docker::connect_with_local_defaults()
+        .expect("docker client")
+        .negotiate_version()
+        .await
+        .expect("docker engine");
     let run = format!("{:08x}", rand::random::<u32>());
     println!("creating {services} labelled services with 0 replicas (run {run})");
     let names: Vec<String> = (0..services)

@@ -23,6 +23,13 @@ struct Cooling {
     dirty: bool,
 }
 
+impl Cooling {
+    /// When this cooling period ends: after `quiet` without events, at most `cap` after it began.
+    fn due_at(&self, quiet: Duration, cap: Duration) -> Instant {
+        (self.last_event + quiet).min(self.since + cap)
+    }
+}
+
 /// Per-service debounce state.
 #[derive(Debug)]
 pub struct Coalescer {
@@ -71,13 +78,12 @@ impl Coalescer {
         }
     }
 
-    fn due_at(&self, c: &Cooling) -> Instant {
-        (c.last_event + self.quiet).min(c.since + self.cap)
-    }
-
     /// When [`Coalescer::take_due`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.cooling.values().map(|c| self.due_at(c)).min()
+        self.cooling
+            .values()
+            .map(|c| c.due_at(self.quiet, self.cap))
+            .min()
     }
 
     /// The services to inspect now. Services whose cooling ended without new events become
@@ -87,8 +93,7 @@ impl Coalescer {
         let quiet = self.quiet;
         let cap = self.cap;
         self.cooling.retain(|service, c| {
-            let deadline = (c.last_event + quiet).min(c.since + cap);
-            if deadline > now {
+            if c.due_at(quiet, cap) > now {
                 return true;
             }
             if c.dirty {

@@ -55,11 +55,9 @@ pub async fn run(
                 let reason = e.to_string();
                 if reported.as_ref() != Some(&reason) {
                     tracing::warn!("{reason}; retrying");
-                    reported = Some(reason);
+                    reported = Some(reason.clone());
                 }
-                let status = Input::SourceStatus(SourceStatus::Unreachable {
-                    reason: e.to_string(),
-                });
+                let status = Input::SourceStatus(SourceStatus::Unreachable { reason });
                 if registry.submit(status).await.is_err() {
                     return;
                 }

@@ -135,14 +135,6 @@ impl ReadingCache {
     pub fn replace(&mut self, readings: BTreeMap<String, StatsReading>) {
         self.readings = readings;
     }
-
-    pub fn len(&self) -> usize {
-        self.readings.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.readings.is_empty()
-    }
 }
 
 #[cfg(test)]

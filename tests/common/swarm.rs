@@ -14,15 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const IMAGE: &str = "local/busybox:1";
 
-/// The test bed's control script: the repository's own, or the main checkout's when this
-/// tree does not carry it.
+/// The test bed's control script.
 pub fn dev_env() -> std::path::PathBuf {
-    let own = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env");
-    if own.exists() {
-        own
-    } else {
-        std::path::PathBuf::from("/work/main/scripts/dev-env")
-    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env")
 }
 
 /// Whether the test bed's Swarm answers. When it does not: fail if
@@ -133,7 +127,8 @@ impl Drop for Source {
     }
 }
 
-/// Test settings: short intervals so polls and metrics happen within a test.
+/// Test settings: the poll and metrics periods the tests' waits are sized for, pinned so a
+/// change of the defaults does not change what a test observes.
 pub fn test_config() -> SwarmConfig {
     SwarmConfig {
         refresh_interval: Duration::from_secs(30),
