@@ -72,17 +72,17 @@ impl SwarmConfig {
         }
         let config = SwarmConfig {
             docker_url,
-            request_timeout: seconds(vars, "DOCKER_TIMEOUT_SEC", 10)?,
-            refresh_interval: seconds(vars, "REFRESH_INTERVAL_SEC", 30)?,
-            metrics_interval: seconds(vars, "METRICS_REFRESH_INTERVAL_SEC", 60)?,
-            debounce_quiet: millis(vars, "EVENT_DEBOUNCE_MS", 100)?,
-            debounce_max: millis(vars, "EVENT_DEBOUNCE_MAX_MS", 1000)?,
-            reconnect_min: positive_millis(vars, "EVENT_RECONNECT_MIN_MS", 100)?,
-            reconnect_max: positive_millis(vars, "EVENT_RECONNECT_MAX_MS", 1000)?,
-            watchdog_grace: millis(vars, "WATCHDOG_GRACE_MS", 1000)?,
+            request_timeout: vars.seconds("DOCKER_TIMEOUT_SEC", 10)?,
+            refresh_interval: vars.seconds("REFRESH_INTERVAL_SEC", 30)?,
+            metrics_interval: vars.seconds("METRICS_REFRESH_INTERVAL_SEC", 60)?,
+            debounce_quiet: vars.millis("EVENT_DEBOUNCE_MS", 100)?,
+            debounce_max: vars.millis("EVENT_DEBOUNCE_MAX_MS", 1000)?,
+            reconnect_min: vars.millis_at_least("EVENT_RECONNECT_MIN_MS", 100, 1)?,
+            reconnect_max: vars.millis_at_least("EVENT_RECONNECT_MAX_MS", 1000, 1)?,
+            watchdog_grace: vars.millis("WATCHDOG_GRACE_MS", 1000)?,
             stats_concurrency: vars.number("STATS_CONCURRENCY", 8, 1)? as usize,
-            stats_timeout: positive_millis(vars, "STATS_TIMEOUT_MS", 2000)?,
-            stats_window: positive_millis(vars, "STATS_WINDOW_MS", 500)?,
+            stats_timeout: vars.millis_at_least("STATS_TIMEOUT_MS", 2000, 1)?,
+            stats_window: vars.millis_at_least("STATS_WINDOW_MS", 500, 1)?,
         };
         if config.debounce_max < config.debounce_quiet {
             return Err(ConfigError::new(
@@ -100,34 +100,6 @@ impl SwarmConfig {
         }
         Ok(config)
     }
-}
-
-fn seconds(vars: &Vars, name: &str, default: u64) -> Result<Duration, ConfigError> {
-    at_most_a_year(vars, name, vars.seconds(name, default)?)
-}
-
-fn millis(vars: &Vars, name: &str, default: u64) -> Result<Duration, ConfigError> {
-    at_most_a_year(vars, name, vars.millis(name, default)?)
-}
-
-fn positive_millis(vars: &Vars, name: &str, default: u64) -> Result<Duration, ConfigError> {
-    let value = vars.number(name, default, 1).map(Duration::from_millis)?;
-    at_most_a_year(vars, name, value)
-}
-
-/// The longest any of these settings may be. The source adds them to the present moment to
-/// plan its deadlines, which overflows (and stops the source) for values near `u64::MAX`.
-const LONGEST: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
-fn at_most_a_year(vars: &Vars, name: &str, value: Duration) -> Result<Duration, ConfigError> {
-    if value > LONGEST {
-        return Err(ConfigError::new(
-            name,
-            &vars.string(name, ""),
-            "must be at most a year",
-        ));
-    }
-    Ok(value)
 }
 
 #[cfg(test)]
@@ -191,6 +163,9 @@ mod tests {
         let year =
             SwarmConfig::from_vars(&Vars::from_pairs([("REFRESH_INTERVAL_SEC", "31536000")]))
                 .unwrap();
-        assert_eq!(year.refresh_interval, LONGEST);
+        assert_eq!(
+            year.refresh_interval,
+            Duration::from_secs(crate::config::MAX_DURATION_SECS)
+        );
     }
 }
