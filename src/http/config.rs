@@ -18,10 +18,6 @@ pub const MIN_HEADER_BYTES: u64 = 8192;
 /// The longest duration setting accepted: the shared bound of [`Vars::seconds`].
 pub const MAX_SECONDS: u64 = crate::config::MAX_DURATION_SECS;
 
-fn seconds(vars: &Vars, name: &str, default: u64) -> Result<Duration, ConfigError> {
-    vars.seconds(name, default)
-}
-
 /// Where the TLS certificate chain and private key are, both PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -119,7 +115,7 @@ impl HttpConfig {
         };
         let stale_after = match vars.get("STALE_AFTER_SEC") {
             None => None,
-            Some(_) => Some(seconds(vars, "STALE_AFTER_SEC", 0)?),
+            Some(_) => Some(vars.seconds("STALE_AFTER_SEC", 0)?),
         };
         let http2_max_streams = vars.number(
             "HTTP2_MAX_STREAMS",
@@ -160,17 +156,17 @@ impl HttpConfig {
             listen: SocketAddr::new(host, port),
             api_token: vars.get("API_TOKEN").map(str::to_owned),
             tls,
-            sse_heartbeat: seconds(vars, "SSE_HEARTBEAT_SEC", 15)?,
+            sse_heartbeat: vars.seconds("SSE_HEARTBEAT_SEC", 15)?,
             sse_retry: vars.millis("SSE_RETRY_MS", 2000)?,
             stale_after,
             max_connections,
             max_header_bytes: max_header_bytes as usize,
-            header_read_timeout: seconds(vars, "HEADER_READ_TIMEOUT_SEC", 10)?,
+            header_read_timeout: vars.seconds("HEADER_READ_TIMEOUT_SEC", 10)?,
             max_body_bytes: vars.number("MAX_BODY_BYTES", defaults.max_body_bytes, 0)?,
             http2_max_streams,
-            http2_keepalive: seconds(vars, "HTTP2_KEEPALIVE_SEC", 30)?,
-            command_timeout: seconds(vars, "COMMAND_TIMEOUT_SEC", 30)?,
-            shutdown_grace: seconds(vars, "SHUTDOWN_GRACE_SEC", 10)?,
+            http2_keepalive: vars.seconds("HTTP2_KEEPALIVE_SEC", 30)?,
+            command_timeout: vars.seconds("COMMAND_TIMEOUT_SEC", 30)?,
+            shutdown_grace: vars.seconds("SHUTDOWN_GRACE_SEC", 10)?,
         })
     }
 
