@@ -128,26 +128,32 @@ impl<B: StreamBroker> Publisher<B> {
             if self.updates.is_none() && self.outbox.is_empty() {
                 break;
             }
-            let result =
-                match tokio::time::timeout(self.tuning.timeout, self.broker.connect()).await {
-                    Ok(Ok(connected)) => {
-                        self.on_connected(connected);
-                        let since = Instant::now();
-                        let result = self.publish_while_connected(&shutdown).await;
-                        // A connection that did real work, or lived long, starts the delays
-                        // over; one that fails at once (say, every publish refused) keeps
-                        // backing off instead of reconnecting in a tight loop.
-                        if self.progressed || since.elapsed() >= self.tuning.reconnect_max {
-                            failures = 0;
-                        }
-                        result
+            // Shutdown does not wait for a connection attempt: the flush below makes its own,
+            // within its own timeout.
+            let attempt = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                attempt = tokio::time::timeout(self.tuning.timeout, self.broker.connect()) => attempt,
+            };
+            let result = match attempt {
+                Ok(Ok(connected)) => {
+                    self.on_connected(connected);
+                    let since = Instant::now();
+                    let result = self.publish_while_connected(&shutdown).await;
+                    // A connection that did real work, or lived long, starts the delays
+                    // over; one that fails at once (say, every publish refused) keeps
+                    // backing off instead of reconnecting in a tight loop.
+                    if self.progressed || since.elapsed() >= self.tuning.reconnect_max {
+                        failures = 0;
                     }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(BrokerError::Timeout {
-                        operation: "connecting",
-                        after: self.tuning.timeout,
-                    }),
-                };
+                    result
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(BrokerError::Timeout {
+                    operation: "connecting",
+                    after: self.tuning.timeout,
+                }),
+            };
             match result {
                 Ok(Stop::Drained) => break,
                 Ok(Stop::Shutdown) => break,
