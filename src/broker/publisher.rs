@@ -25,7 +25,7 @@ use super::config::Tuning;
 use super::error::BrokerError;
 use super::message::Outgoing;
 use super::outbox::{BatchLimits, Outbox};
-use crate::backoff;
+use crate::backoff::Backoff;
 use crate::status::PublisherState;
 
 /// The largest frame the broker accepts unless configured otherwise (RabbitMQ's default).
@@ -120,7 +120,7 @@ impl<B: StreamBroker> Publisher<B> {
     /// Publish until `shutdown` (then flush what is pending, within one timeout) or until the
     /// registry stops and everything is confirmed. Broker failures are never fatal.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(self.tuning.reconnect_min, self.tuning.reconnect_max);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -144,7 +144,7 @@ impl<B: StreamBroker> Publisher<B> {
                     // over; one that fails at once (say, every publish refused) keeps
                     // backing off instead of reconnecting in a tight loop.
                     if self.progressed || since.elapsed() >= self.tuning.reconnect_max {
-                        failures = 0;
+                        backoff.reset();
                     }
                     result
                 }
@@ -158,17 +158,11 @@ impl<B: StreamBroker> Publisher<B> {
                 Ok(Stop::Drained) => break,
                 Ok(Stop::Shutdown) => break,
                 Err(error) => {
-                    self.on_failure(&error, failures == 0);
+                    self.on_failure(&error, backoff.is_reset());
                     self.disconnect().await;
                 }
             }
-            let delay = backoff::delay(
-                failures,
-                self.tuning.reconnect_min,
-                self.tuning.reconnect_max,
-                rand::random::<f64>(),
-            );
-            failures = failures.saturating_add(1);
+            let delay = backoff.next(rand::random::<f64>());
             tracing::debug!(?delay, "reconnecting to the broker after a delay");
             if !self.take_changes_for(delay, &shutdown).await {
                 break;
