@@ -74,6 +74,11 @@ type SendInFlight = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>
 
 /// The publishing loop over a broker `B`.
 pub struct Publisher<B> {
+    /// The batch awaiting its confirms. Never abandoned while the connection lives: re-sending
+    /// an id the same producer still waits for would confuse the client library. Declared
+    /// before `broker` so that, should the task be dropped mid-send, the send (and whatever
+    /// it holds of the broker's connection) goes first and the broker can close cleanly.
+    sending: Option<SendInFlight>,
     broker: B,
     outbox: Outbox,
     /// `None` once the registry has stopped.
@@ -86,9 +91,6 @@ pub struct Publisher<B> {
     sent_up_to: u64,
     /// Whether the outbox is shedding changes, to log once per episode rather than per change.
     overflowing: bool,
-    /// The batch awaiting its confirms. Never abandoned while the connection lives: re-sending
-    /// an id the same producer still waits for would confuse the client library.
-    sending: Option<SendInFlight>,
     /// Whether a batch was confirmed on the current connection.
     progressed: bool,
 }
@@ -103,6 +105,7 @@ impl<B: StreamBroker> Publisher<B> {
         let floor = registry.snapshot().floor;
         let updates = registry.subscribe_after(floor);
         Publisher {
+            sending: None,
             broker,
             outbox: Outbox::new(tuning.outbox_capacity, floor, ServiceMap::new()),
             updates: Some(updates),
@@ -112,7 +115,6 @@ impl<B: StreamBroker> Publisher<B> {
             connected_before: false,
             sent_up_to: floor,
             overflowing: false,
-            sending: None,
             progressed: false,
         }
     }
