@@ -42,7 +42,7 @@ impl Backoff {
 /// The pause before retry number `attempt` (0 for the first): `min` doubled per attempt up to
 /// `max`, shortened by up to a quarter by `jitter` in [0, 1). Odd inputs (NaN jitter, a cap
 /// below the minimum) give a pause within the bounds, never a panic.
-pub fn delay(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+fn delay(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
     let max = max.max(min);
     let factor = 2u32.saturating_pow(attempt.min(16));
     let nominal = min.saturating_mul(factor).min(max);
