@@ -32,12 +32,17 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// Whether no pause was taken since the start or the last reset.
+    pub fn is_reset(&self) -> bool {
+        self.attempt == 0
+    }
 }
 
 /// The pause before retry number `attempt` (0 for the first): `min` doubled per attempt up to
 /// `max`, shortened by up to a quarter by `jitter` in [0, 1). Odd inputs (NaN jitter, a cap
 /// below the minimum) give a pause within the bounds, never a panic.
-pub fn delay(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
+fn delay(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
     let max = max.max(min);
     let factor = 2u32.saturating_pow(attempt.min(16));
     let nominal = min.saturating_mul(factor).min(max);
@@ -58,7 +63,9 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
         let seq: Vec<u128> = (0..6).map(|_| b.next(0.0).as_millis()).collect();
         assert_eq!(seq, [100, 200, 400, 800, 1000, 1000]);
+        assert!(!b.is_reset());
         b.reset();
+        assert!(b.is_reset());
         assert_eq!(b.next(0.0), Duration::from_millis(100));
     }
 

@@ -69,21 +69,12 @@ fn rfc3339_now() -> String {
     rfc3339(secs)
 }
 
-/// Format epoch seconds as UTC RFC 3339 (days-to-civil conversion, proleptic Gregorian).
+/// Format epoch seconds as UTC RFC 3339 (the epoch itself when out of range).
 fn rfc3339(epoch_secs: i64) -> String {
-    let days = epoch_secs.div_euclid(86_400);
-    let rem = epoch_secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}+00:00")
+    chrono::DateTime::from_timestamp(epoch_secs, 0)
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
+        .format("%Y-%m-%dT%H:%M:%S+00:00")
+        .to_string()
 }
 
 #[cfg(test)]

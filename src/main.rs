@@ -19,8 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long start-up waits for the broker to say where publishing stopped.
 const BROKER_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long the edges get to finish after a stop signal before the process exits anyway.
+/// How long the edges get to finish after a stop signal before the process exits anyway, at
+/// the least (see [`shutdown_grace`]).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long tasks abandoned after the grace may hold the runtime before the process exits.
+const RUNTIME_STOP: Duration = Duration::from_secs(1);
 
 fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -33,7 +36,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    let result = runtime.block_on(run());
+    // A task abandoned after the grace (or a blocking call it left behind) must not keep the
+    // process alive: dropping the runtime would wait for it without bound.
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -60,10 +67,21 @@ fn settings(vars: &Vars) -> anyhow::Result<Settings> {
     })
 }
 
+/// How long the edges get after a stop signal: the HTTP drain bound (SHUTDOWN_GRACE_SEC) and
+/// the publisher's flush (one timeout for the confirms, one for closing), never less than
+/// [`SHUTDOWN_GRACE`].
+fn shutdown_grace(settings: &Settings) -> Duration {
+    let flush = settings.broker.as_ref().map_or(Duration::ZERO, |broker| {
+        broker.tuning.timeout.saturating_mul(2)
+    });
+    SHUTDOWN_GRACE.max(settings.http.shutdown_grace).max(flush)
+}
+
 async fn run() -> anyhow::Result<()> {
     let vars = Vars::from_env();
     let settings = settings(&vars).context("configuration")?;
     logging::init(&settings.core.log_level);
+    let grace = shutdown_grace(&settings);
 
     // Revisions keep rising across restarts: above the clock, and above whatever the broker
     // already stored for our producer.
@@ -141,13 +159,13 @@ async fn run() -> anyhow::Result<()> {
         while tasks.join_next().await.is_some() {}
         served
     };
-    match tokio::time::timeout(SHUTDOWN_GRACE, stopped).await {
+    match tokio::time::timeout(grace, stopped).await {
         Ok(Ok(Ok(()))) => tracing::info!("stopped"),
         Ok(Ok(Err(e))) => return Err(e).context("HTTP server"),
         Ok(Err(e)) => anyhow::bail!("HTTP server task failed: {e}"),
         Err(_) => tracing::warn!(
             "some tasks did not stop within {}s; exiting anyway",
-            SHUTDOWN_GRACE.as_secs()
+            grace.as_secs()
         ),
     }
     Ok(())
@@ -179,4 +197,33 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_grace_covers_the_http_drain_and_the_publishers_flush() {
+        let grace = |pairs: &[(&str, &str)]| {
+            shutdown_grace(&settings(&Vars::from_pairs(pairs.iter().copied())).unwrap())
+        };
+        assert_eq!(grace(&[]), SHUTDOWN_GRACE);
+        assert_eq!(
+            grace(&[("SHUTDOWN_GRACE_SEC", "30")]),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            grace(&[
+                (
+                    "RABBITMQ_URL",
+                    "rabbitmq-stream://guest:guest@localhost:5552/"
+                ),
+                ("RABBITMQ_TIMEOUT_MS", "8000"),
+            ]),
+            Duration::from_secs(16)
+        );
+    }
 }

@@ -536,6 +536,30 @@ async fn shutdown_returns_in_bounded_time_when_the_broker_hangs() {
     assert!(state.outbox_len.load(Ordering::Relaxed) > 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn shutdown_does_not_wait_for_a_hanging_connection_attempt() {
+    let broker = FakeBroker::default();
+    broker.bed().hang_connect = true;
+    let registry = registry();
+    let timeout = Duration::from_secs(4);
+    let running = start(
+        &broker,
+        &registry,
+        Tuning {
+            timeout,
+            ..tuning()
+        },
+    );
+    feed(&registry, some_inputs(1)).await;
+    // Halfway through the first connection attempt.
+    tokio::time::sleep(timeout / 2).await;
+    let asked = tokio::time::Instant::now();
+    running.stop().await;
+    // Only the flush's own attempt is waited for: one timeout, not what is left of the first
+    // attempt on top of it.
+    assert!(asked.elapsed() <= timeout, "{:?}", asked.elapsed());
+}
+
 #[tokio::test]
 async fn ids_another_publisher_already_used_are_reported() {
     let broker = FakeBroker::default();

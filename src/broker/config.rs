@@ -315,14 +315,14 @@ pub fn redact_url(raw: &str) -> String {
     let Some(at) = raw.rfind('@') else {
         return raw.to_owned();
     };
-    let start = raw
+    // Only a scheme separator before the `@` counts: a `//` after it (in a path) would
+    // otherwise place the user part past the password.
+    let user_part = &raw[..at];
+    let start = user_part
         .find("://")
         .map(|i| i + 3)
-        .or_else(|| raw.find("//").map(|i| i + 2))
+        .or_else(|| user_part.find("//").map(|i| i + 2))
         .unwrap_or(0);
-    if start > at {
-        return raw.to_owned();
-    }
     match raw[start..at].find(':') {
         Some(colon) => format!("{}:***{}", &raw[..start + colon], &raw[at..]),
         None => raw.to_owned(),
@@ -513,5 +513,15 @@ mod tests {
         assert_eq!(redact_url("x://u:p@ss@host/"), "x://u:***@host/");
         assert_eq!(redact_url("x//u:p/w@host"), "x//u:***@host");
         assert_eq!(redact_url("x:u:p@host"), "x:***@host");
+        assert_eq!(
+            redact_url("amqp:guest:hunter2@host:5672//"),
+            "amqp:***@host:5672//"
+        );
+        let err = BrokerConfig::from_vars(&Vars::from_pairs([(
+            URL_VAR,
+            "amqp:guest:hunter2@host:5672//",
+        )]))
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

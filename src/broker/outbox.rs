@@ -289,16 +289,6 @@ impl Outbox {
         self.entries.len() > self.in_flight
     }
 
-    /// The seq of the newest change taken in.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// The lowest publishing id waiting, if any.
-    pub fn oldest(&self) -> Option<u64> {
-        self.entries.front().map(Entry::seq)
-    }
-
     pub fn capacity(&self) -> usize {
         self.capacity
     }

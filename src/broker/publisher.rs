@@ -25,7 +25,7 @@ use super::config::Tuning;
 use super::error::BrokerError;
 use super::message::Outgoing;
 use super::outbox::{BatchLimits, Outbox};
-use crate::backoff;
+use crate::backoff::Backoff;
 use crate::status::PublisherState;
 
 /// The largest frame the broker accepts unless configured otherwise (RabbitMQ's default).
@@ -74,6 +74,11 @@ type SendInFlight = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>
 
 /// The publishing loop over a broker `B`.
 pub struct Publisher<B> {
+    /// The batch awaiting its confirms. Never abandoned while the connection lives: re-sending
+    /// an id the same producer still waits for would confuse the client library. Declared
+    /// before `broker` so that, should the task be dropped mid-send, the send (and whatever
+    /// it holds of the broker's connection) goes first and the broker can close cleanly.
+    sending: Option<SendInFlight>,
     broker: B,
     outbox: Outbox,
     /// `None` once the registry has stopped.
@@ -86,9 +91,6 @@ pub struct Publisher<B> {
     sent_up_to: u64,
     /// Whether the outbox is shedding changes, to log once per episode rather than per change.
     overflowing: bool,
-    /// The batch awaiting its confirms. Never abandoned while the connection lives: re-sending
-    /// an id the same producer still waits for would confuse the client library.
-    sending: Option<SendInFlight>,
     /// Whether a batch was confirmed on the current connection.
     progressed: bool,
 }
@@ -103,6 +105,7 @@ impl<B: StreamBroker> Publisher<B> {
         let floor = registry.snapshot().floor;
         let updates = registry.subscribe_after(floor);
         Publisher {
+            sending: None,
             broker,
             outbox: Outbox::new(tuning.outbox_capacity, floor, ServiceMap::new()),
             updates: Some(updates),
@@ -112,7 +115,6 @@ impl<B: StreamBroker> Publisher<B> {
             connected_before: false,
             sent_up_to: floor,
             overflowing: false,
-            sending: None,
             progressed: false,
         }
     }
@@ -120,7 +122,7 @@ impl<B: StreamBroker> Publisher<B> {
     /// Publish until `shutdown` (then flush what is pending, within one timeout) or until the
     /// registry stops and everything is confirmed. Broker failures are never fatal.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(self.tuning.reconnect_min, self.tuning.reconnect_max);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -128,41 +130,41 @@ impl<B: StreamBroker> Publisher<B> {
             if self.updates.is_none() && self.outbox.is_empty() {
                 break;
             }
-            let result =
-                match tokio::time::timeout(self.tuning.timeout, self.broker.connect()).await {
-                    Ok(Ok(connected)) => {
-                        self.on_connected(connected);
-                        let since = Instant::now();
-                        let result = self.publish_while_connected(&shutdown).await;
-                        // A connection that did real work, or lived long, starts the delays
-                        // over; one that fails at once (say, every publish refused) keeps
-                        // backing off instead of reconnecting in a tight loop.
-                        if self.progressed || since.elapsed() >= self.tuning.reconnect_max {
-                            failures = 0;
-                        }
-                        result
+            // Shutdown does not wait for a connection attempt: the flush below makes its own,
+            // within its own timeout.
+            let attempt = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                attempt = tokio::time::timeout(self.tuning.timeout, self.broker.connect()) => attempt,
+            };
+            let result = match attempt {
+                Ok(Ok(connected)) => {
+                    self.on_connected(connected);
+                    let since = Instant::now();
+                    let result = self.publish_while_connected(&shutdown).await;
+                    // A connection that did real work, or lived long, starts the delays
+                    // over; one that fails at once (say, every publish refused) keeps
+                    // backing off instead of reconnecting in a tight loop.
+                    if self.progressed || since.elapsed() >= self.tuning.reconnect_max {
+                        backoff.reset();
                     }
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(BrokerError::Timeout {
-                        operation: "connecting",
-                        after: self.tuning.timeout,
-                    }),
-                };
+                    result
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(BrokerError::Timeout {
+                    operation: "connecting",
+                    after: self.tuning.timeout,
+                }),
+            };
             match result {
                 Ok(Stop::Drained) => break,
                 Ok(Stop::Shutdown) => break,
                 Err(error) => {
-                    self.on_failure(&error, failures == 0);
+                    self.on_failure(&error, backoff.is_reset());
                     self.disconnect().await;
                 }
             }
-            let delay = backoff::delay(
-                failures,
-                self.tuning.reconnect_min,
-                self.tuning.reconnect_max,
-                rand::random::<f64>(),
-            );
-            failures = failures.saturating_add(1);
+            let delay = backoff.next(rand::random::<f64>());
             tracing::debug!(?delay, "reconnecting to the broker after a delay");
             if !self.take_changes_for(delay, &shutdown).await {
                 break;
