@@ -1,7 +1,7 @@
 //! Publishing throughput and latency against the test bed's RabbitMQ.
 //!
 //! Run: `cargo bench --bench broker_publish` (needs RabbitMQ streams on 127.0.0.1:5552;
-//! `/work/main/scripts/dev-env up`). Optional arguments: `--changes N` (default 100000),
+//! `scripts/dev-env up`). Optional arguments: `--changes N` (default 100000),
 //! `--paced-seconds S` (default 10).
 //!
 //! Three measurements, side by side in one run:

@@ -292,17 +292,12 @@ impl Drop for StreamCleanup {
     }
 }
 
-/// The test bed script: SWARM_REGISTRY_DEV_ENV if set, else the repository's own
-/// `scripts/dev-env`, else the main checkout's.
+/// The test bed script: SWARM_REGISTRY_DEV_ENV if set, else the repository's own.
 fn dev_env_script() -> std::path::PathBuf {
     if let Ok(path) = std::env::var("SWARM_REGISTRY_DEV_ENV") {
         return path.into();
     }
-    let own = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env");
-    if own.exists() {
-        return own;
-    }
-    "/work/main/scripts/dev-env".into()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-env")
 }
 
 fn dev_env(command: &str) {
