@@ -45,20 +45,11 @@ create() {
 
 case "$kind" in
     cpu)
-        create autoscale-cpu_web cpu \
-            --replicas 2 \
-            --label autoscaler.metric=cpu \
-            --label autoscaler.cpu.threshold=50 \
-            --label autoscaler.min=2 \
-            --label autoscaler.max=5 \
-            -- sleep 1000000
-        create autoscale-cpu_worker cpu \
-            --replicas 2 \
-            --label autoscaler.metric=cpu \
-            --label autoscaler.cpu.threshold=50 \
-            --label autoscaler.min=2 \
-            --label autoscaler.max=5 \
-            -- sh -c 'yes > /dev/null'
+        # Both cpu samples scale alike: threshold 50 %, between 2 and 5 replicas.
+        scaling=(--replicas 2 --label autoscaler.metric=cpu --label autoscaler.cpu.threshold=50
+                 --label autoscaler.min=2 --label autoscaler.max=5)
+        create autoscale-cpu_web cpu "${scaling[@]}" -- sleep 1000000
+        create autoscale-cpu_worker cpu "${scaling[@]}" -- sh -c 'yes > /dev/null'
         ;;
     memory)
         create autoscale-memory_hog memory \

@@ -90,7 +90,7 @@ async fn run() -> anyhow::Result<()> {
         None => pipeline::clock_floor(),
     };
     let (registry, driver) = Registry::new(RegistryConfig {
-        rules: LabelRules::new(settings.core.label_prefix.clone()),
+        rules: LabelRules::new(&settings.core.label_prefix),
         log_capacity: settings.core.change_log_capacity,
         floor,
         ..RegistryConfig::default()

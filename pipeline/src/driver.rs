@@ -118,7 +118,6 @@ pub struct Driver {
     current: Arc<ArcSwap<Snapshot>>,
     changes: broadcast::Sender<Arc<Change>>,
     commands: mpsc::Receiver<Command>,
-    clock: fn() -> Timestamp,
 }
 
 impl Registry {
@@ -138,7 +137,6 @@ impl Registry {
             current,
             changes,
             commands: rx,
-            clock: Timestamp::now,
         };
         (registry, driver)
     }
@@ -206,20 +204,9 @@ impl Registry {
             .await
             .map_err(|_| RegistryStopped)
     }
-
-    /// How many subscribers currently listen to changes.
-    pub fn subscriber_count(&self) -> usize {
-        self.changes.receiver_count()
-    }
 }
 
 impl Driver {
-    /// Use another clock for input times (tests that need reproducible timestamps).
-    pub fn with_clock(mut self, clock: fn() -> Timestamp) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Fold inputs from `sources` and from [`Registry::submit`] until both are exhausted (the
     /// source stream ended and every `Registry` handle was dropped). Returns the last snapshot.
     pub async fn run<S>(self, sources: S) -> Arc<Snapshot>
@@ -231,7 +218,6 @@ impl Driver {
             current,
             changes,
             commands,
-            clock,
         } = self;
         let commands = ReceiverStream::new(commands);
         let sources = sources.map(|input| Command {
@@ -240,7 +226,7 @@ impl Driver {
         });
         let mut merged = futures::stream::select(sources, commands);
         while let Some(Command { input, folded }) = merged.next().await {
-            let at = clock();
+            let at = Timestamp::now();
             let transition = folder.fold(&current.load(), &input, at);
             let revision = transition.snapshot.revision;
             // Log first, then store, then broadcast: each step can rely on the one before.

@@ -16,7 +16,6 @@ pub const DEFAULT_MIN_REPLICAS: u64 = 1;
 /// How labels are read: only the prefix varies between deployments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelRules {
-    prefix: String,
     // The full label names, built once: the fold reads them for every service it sees.
     enabled: String,
     metric: String,
@@ -34,8 +33,7 @@ impl Default for LabelRules {
 
 impl LabelRules {
     /// Rules for labels named `<prefix>.enabled`, `<prefix>.min` and so on.
-    pub fn new(prefix: impl Into<String>) -> Self {
-        let prefix = prefix.into();
+    pub fn new(prefix: &str) -> Self {
         let name = |suffix: &str| format!("{prefix}.{suffix}");
         LabelRules {
             enabled: name("enabled"),
@@ -44,17 +42,7 @@ impl LabelRules {
             memory_threshold: name("memory.threshold"),
             min: name("min"),
             max: name("max"),
-            prefix,
         }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// The full name of one of the registry's labels.
-    pub fn label(&self, suffix: &str) -> String {
-        format!("{}.{}", self.prefix, suffix)
     }
 
     /// Whether a service is under autoscaling: `<prefix>.enabled` is "true", in any case.
