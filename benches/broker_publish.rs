@@ -93,7 +93,7 @@ async fn registry_with_services() -> Registry {
         floor: clock_floor(),
         ..RegistryConfig::default()
     });
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     for n in 0..SERVICES {
         let _ = registry.submit(Input::Upsert(spec(n))).await;
     }

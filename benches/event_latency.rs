@@ -128,7 +128,7 @@ async fn main() {
     }
 
     let (registry, driver) = Registry::new(RegistryConfig::default());
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     let (_control, commands) = SourceControl::channel(4);
     let shutdown = CancellationToken::new();
     let counters = Arc::new(SourceCounters::default());

@@ -89,7 +89,7 @@ fn load_while_writing(c: &mut Criterion) {
         .unwrap();
     let (registry, driver) = Registry::new(RegistryConfig::default());
     let writing = Arc::new(AtomicBool::new(true));
-    runtime.spawn(driver.run(futures::stream::pending()));
+    runtime.spawn(driver.run());
     {
         let registry = registry.clone();
         let writing = writing.clone();

@@ -97,7 +97,7 @@ async fn run() -> anyhow::Result<()> {
     });
     let shutdown = CancellationToken::new();
     // The driver outlives the edges: it stops by itself once every handle is gone.
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     let mut tasks = tokio::task::JoinSet::new();
 
     let listener = http::bind(&settings.http).await?;

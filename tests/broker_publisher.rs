@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use pipeline::{Change, Input, Registry, RegistryConfig, ServiceMap, ServiceMode, ServiceSpec};
-use swarm_registry::broker::outbox::services_after;
+use pipeline::{
+    services_after, Change, Input, Registry, RegistryConfig, ServiceMap, ServiceMode, ServiceSpec,
+};
 use swarm_registry::broker::{BrokerError, Connected, Outgoing, Publisher, StreamBroker, Tuning};
 use swarm_registry::status::PublisherState;
 use tokio::sync::watch;
@@ -180,7 +181,7 @@ fn spec(n: u32, version: u64) -> ServiceSpec {
 
 fn registry_with(config: RegistryConfig) -> Registry {
     let (registry, driver) = Registry::new(config);
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     registry
 }
 
@@ -591,8 +592,11 @@ async fn the_publisher_ends_once_the_registry_stopped_and_all_is_published() {
     });
     let state = Arc::new(PublisherState::enabled("fake"));
     let publisher = Publisher::new(broker.clone(), &registry, tuning(), state.clone());
-    let last = driver.run(futures::stream::iter(some_inputs(3)));
-    // The driver stops once its source ends and no handle is left.
+    for input in some_inputs(3) {
+        registry.send(input).await.unwrap();
+    }
+    let last = driver.run();
+    // The driver stops once its queued inputs are folded and no handle is left.
     drop(registry);
     let (last, ()) = tokio::time::timeout(
         Duration::from_secs(5),

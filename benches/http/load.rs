@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pipeline::{Input, Registry, RegistryConfig, ServiceMode, ServiceSpec};
-use swarm_registry::control::{SourceCommand, SourceControl};
+use swarm_registry::control::{ControlError, SampleRequest, SourceCommands, SourceControl};
 use swarm_registry::http::{self as api, ApiState, HttpConfig};
 use swarm_registry::status::{PublisherState, SourceCounters};
 use tokio::time::Instant;
@@ -72,19 +72,23 @@ async fn serve(args: &[String]) {
     let port: u16 = arg_or(args, "--port", 5801);
     let n: usize = arg_or(args, "--services", 200);
     let (registry, driver) = Registry::new(RegistryConfig::default());
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     let mut specs: Vec<ServiceSpec> = (0..n).map(|i| synthetic(i, 2, 1)).collect();
     registry
         .submit(Input::FullList(specs.clone()))
         .await
         .unwrap();
-    let (control, mut commands) = SourceControl::channel(64);
+    let (control, commands) = SourceControl::channel(64);
+    let SourceCommands {
+        mut refreshes,
+        mut samples,
+    } = commands;
     let source_registry = registry.clone();
     tokio::spawn(async move {
         let mut round = 0usize;
-        while let Some(command) = commands.recv().await {
-            match command {
-                SourceCommand::Refresh { done } => {
+        loop {
+            tokio::select! {
+                Some(done) = refreshes.recv() => {
                     let i = round % specs.len().max(1);
                     round += 1;
                     if let Some(spec) = specs.get_mut(i) {
@@ -95,13 +99,12 @@ async fn serve(args: &[String]) {
                         *spec = synthetic(i, replicas, spec.version + 1);
                     }
                     let folded = source_registry.submit(Input::FullList(specs.clone())).await;
-                    let _ = done.send(
-                        folded.map_err(|_| swarm_registry::control::ControlError::SourceStopped),
-                    );
+                    let _ = done.send(folded.map_err(|_| ControlError::SourceStopped));
                 }
-                SourceCommand::SampleMetrics { done, .. } => {
-                    let _ = done.send(Err(swarm_registry::control::ControlError::UnknownService));
+                Some(SampleRequest { done, .. }) = samples.recv() => {
+                    let _ = done.send(Err(ControlError::UnknownService));
                 }
+                else => return,
             }
         }
     });

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::model::{Metrics, SourceHealth, Timestamp};
-use crate::snapshot::{ServiceMap, ServiceRecord};
+use crate::record::{ServiceMap, ServiceRecord};
 
 /// The name every change body gives as the emitting service, as the original registry did.
 pub const SERVICE_NAME: &str = "service-registry";
@@ -40,10 +40,48 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
+    // The contract's event names, spelled here once; every edge (SSE filters, the API's list
+    // of events, the broker's routing keys) takes them from here.
+    pub const SERVICE_ADDED: &'static str = "service.added";
+    pub const SERVICE_UPDATED: &'static str = "service.updated";
+    pub const SERVICE_REMOVED: &'static str = "service.removed";
+    pub const SERVICES_UPDATED: &'static str = "services.updated";
+    pub const METRICS_UPDATED: &'static str = "metrics.updated";
+    pub const HEALTH_CHECK: &'static str = "health.check";
+    /// A metrics change's routing key is this prefix followed by the service's name.
+    pub const METRICS_KEY_PREFIX: &'static str = "metrics.";
+
+    /// Every routing key that is a fixed name: all of them but the metrics keys, which name
+    /// their service.
+    pub const FIXED_ROUTING_KEYS: [&'static str; 5] = [
+        Self::SERVICE_ADDED,
+        Self::SERVICE_REMOVED,
+        Self::SERVICE_UPDATED,
+        Self::SERVICES_UPDATED,
+        Self::HEALTH_CHECK,
+    ];
+
+    /// The routing keys as the contract lists them (`GET /events`), the metrics key written
+    /// as its pattern.
+    pub const CONTRACT_EVENTS: [&'static str; 6] = [
+        Self::SERVICES_UPDATED,
+        Self::SERVICE_ADDED,
+        Self::SERVICE_REMOVED,
+        Self::SERVICE_UPDATED,
+        "metrics.{service_name}",
+        Self::HEALTH_CHECK,
+    ];
+
+    /// The families of routing keys (what precedes the first dot), for `<family>.*` filters.
+    pub const ROUTING_KEY_FAMILIES: [&'static str; 4] =
+        ["service", "services", "metrics", "health"];
+
     /// The routing key: the event's name on the broker, in SSE, and in filters.
     pub fn routing_key(&self) -> String {
         match self {
-            ChangeKind::MetricsUpdated { service_name, .. } => format!("metrics.{service_name}"),
+            ChangeKind::MetricsUpdated { service_name, .. } => {
+                format!("{}{service_name}", Self::METRICS_KEY_PREFIX)
+            }
             other => other.event().to_owned(),
         }
     }
@@ -52,12 +90,12 @@ impl ChangeKind {
     /// the service while the event is `metrics.updated` (a quirk of the contract).
     pub fn event(&self) -> &'static str {
         match self {
-            ChangeKind::ServiceAdded { .. } => "service.added",
-            ChangeKind::ServiceUpdated { .. } => "service.updated",
-            ChangeKind::ServiceRemoved { .. } => "service.removed",
-            ChangeKind::ServicesUpdated { .. } => "services.updated",
-            ChangeKind::MetricsUpdated { .. } => "metrics.updated",
-            ChangeKind::HealthCheck { .. } => "health.check",
+            ChangeKind::ServiceAdded { .. } => Self::SERVICE_ADDED,
+            ChangeKind::ServiceUpdated { .. } => Self::SERVICE_UPDATED,
+            ChangeKind::ServiceRemoved { .. } => Self::SERVICE_REMOVED,
+            ChangeKind::ServicesUpdated { .. } => Self::SERVICES_UPDATED,
+            ChangeKind::MetricsUpdated { .. } => Self::METRICS_UPDATED,
+            ChangeKind::HealthCheck { .. } => Self::HEALTH_CHECK,
         }
     }
 
@@ -239,4 +277,40 @@ fn render(change: &Change) -> Arc<str> {
     // Plain structs of strings and numbers always serialise; `{}` is a safe fallback should
     // a future field ever refuse (a non-finite float becomes null in serde_json, not an error).
     Arc::from(rendered.unwrap_or_else(|_| "{}".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangeKind;
+
+    fn family(key: &str) -> &str {
+        key.split_once('.').map_or(key, |(family, _)| family)
+    }
+
+    /// The name lists are spelled out for the edges; they must agree with the names.
+    #[test]
+    fn the_name_lists_agree_with_the_names() {
+        let mut contract: Vec<&str> = ChangeKind::CONTRACT_EVENTS.to_vec();
+        let pattern = contract
+            .iter()
+            .position(|e| e.starts_with(ChangeKind::METRICS_KEY_PREFIX))
+            .map(|i| contract.remove(i));
+        assert_eq!(pattern, Some("metrics.{service_name}"));
+        let mut fixed = ChangeKind::FIXED_ROUTING_KEYS.to_vec();
+        fixed.sort_unstable();
+        contract.sort_unstable();
+        assert_eq!(contract, fixed);
+
+        let mut families: Vec<&str> = fixed.iter().map(|k| family(k)).collect();
+        families.push(family(ChangeKind::METRICS_KEY_PREFIX));
+        families.sort_unstable();
+        families.dedup();
+        let mut listed = ChangeKind::ROUTING_KEY_FAMILIES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(families, listed);
+        assert_eq!(
+            family(ChangeKind::METRICS_UPDATED),
+            family(ChangeKind::METRICS_KEY_PREFIX)
+        );
+    }
 }

@@ -10,9 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use futures::{Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::change::Change;
 use crate::fold::{Folder, Input};
@@ -59,9 +57,18 @@ pub fn clock_floor() -> u64 {
 #[error("the registry's driver has stopped")]
 pub struct RegistryStopped;
 
+/// What one submitted input did, once its snapshot is readable.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The revision of the snapshot after the input.
+    pub revision: u64,
+    /// The changes the input's transition emitted, in order; empty when it changed nothing.
+    pub changes: Vec<Arc<Change>>,
+}
+
 struct Command {
     input: Input,
-    folded: Option<oneshot::Sender<u64>>,
+    folded: Option<oneshot::Sender<Submitted>>,
 }
 
 /// A handle on a running registry: read the current snapshot, subscribe to changes, submit
@@ -73,7 +80,7 @@ struct Command {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let (registry, driver) = Registry::new(RegistryConfig::default());
-/// tokio::spawn(driver.run(futures::stream::pending()));
+/// tokio::spawn(driver.run());
 ///
 /// // A consumer takes the current state and every change after it, with no gap.
 /// let (snapshot, mut updates) = registry.subscribe();
@@ -109,6 +116,7 @@ struct Command {
 pub struct Registry {
     current: Arc<ArcSwap<Snapshot>>,
     changes: broadcast::Sender<Arc<Change>>,
+    revisions: watch::Receiver<u64>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -117,6 +125,7 @@ pub struct Driver {
     folder: Folder,
     current: Arc<ArcSwap<Snapshot>>,
     changes: broadcast::Sender<Arc<Change>>,
+    revisions: watch::Sender<u64>,
     commands: mpsc::Receiver<Command>,
 }
 
@@ -126,16 +135,19 @@ impl Registry {
         let initial = Snapshot::empty(config.floor, config.log_capacity, Timestamp::now());
         let current = Arc::new(ArcSwap::from_pointee(initial));
         let (changes, _) = broadcast::channel(config.broadcast_capacity.max(1));
+        let (revisions_tx, revisions) = watch::channel(config.floor);
         let (tx, rx) = mpsc::channel(256);
         let registry = Registry {
             current: current.clone(),
             changes: changes.clone(),
+            revisions,
             commands: tx,
         };
         let driver = Driver {
             folder: Folder::new(config.rules),
             current,
             changes,
+            revisions: revisions_tx,
             commands: rx,
         };
         (registry, driver)
@@ -181,8 +193,21 @@ impl Registry {
         sub
     }
 
+    /// A watch of the current revision: it changes once a snapshot with new changes is
+    /// readable, so a waiter can sleep on one cheap signal instead of holding a subscription.
+    /// It reports [`watch::error::RecvError`] once the driver has stopped.
+    pub fn watch_revision(&self) -> watch::Receiver<u64> {
+        self.revisions.clone()
+    }
+
     /// Fold `input` and wait until the resulting snapshot is readable; returns its revision.
     pub async fn submit(&self, input: Input) -> Result<u64, RegistryStopped> {
+        Ok(self.submit_with_changes(input).await?.revision)
+    }
+
+    /// [`submit`](Self::submit), also returning the changes the input's transition emitted,
+    /// for a source that reacts to what its own input did.
+    pub async fn submit_with_changes(&self, input: Input) -> Result<Submitted, RegistryStopped> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command {
@@ -207,41 +232,37 @@ impl Registry {
 }
 
 impl Driver {
-    /// Fold inputs from `sources` and from [`Registry::submit`] until both are exhausted (the
-    /// source stream ended and every `Registry` handle was dropped). Returns the last snapshot.
-    pub async fn run<S>(self, sources: S) -> Arc<Snapshot>
-    where
-        S: Stream<Item = Input> + Send + Unpin,
-    {
+    /// Fold the inputs sent through the [`Registry`] handles, in the order they arrive, until
+    /// every handle was dropped. Returns the last snapshot.
+    pub async fn run(self) -> Arc<Snapshot> {
         let Driver {
             folder,
             current,
             changes,
-            commands,
+            revisions,
+            mut commands,
         } = self;
-        let commands = ReceiverStream::new(commands);
-        let sources = sources.map(|input| Command {
-            input,
-            folded: None,
-        });
-        let mut merged = futures::stream::select(sources, commands);
-        while let Some(Command { input, folded }) = merged.next().await {
+        while let Some(Command { input, folded }) = commands.recv().await {
             let at = Timestamp::now();
             let transition = folder.fold(&current.load(), &input, at);
             let revision = transition.snapshot.revision;
-            // Log first, then store, then broadcast: each step can rely on the one before.
+            // Log first, then store, then signal: each step can rely on the one before.
             for change in &transition.changes {
                 transition.snapshot.log.record(change);
             }
             // Stored even when nothing was emitted: observation times (last contact, last
             // full sync) still moved, and readers show them.
             current.store(Arc::new(transition.snapshot));
-            for change in transition.changes {
+            revisions.send_if_modified(|seen| std::mem::replace(seen, revision) != revision);
+            for change in &transition.changes {
                 // An error only means nobody listens right now; the log still has the change.
-                let _ = changes.send(change);
+                let _ = changes.send(change.clone());
             }
             if let Some(folded) = folded {
-                let _ = folded.send(revision);
+                let _ = folded.send(Submitted {
+                    revision,
+                    changes: transition.changes,
+                });
             }
         }
         current.load_full()

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use crate::change::{Change, ChangeKind};
 use crate::labels::LabelRules;
 use crate::model::{Metrics, ServiceEntry, ServiceSpec, SourceError, SourceStatus, Timestamp};
-use crate::snapshot::{Key, MetricsRecord, ServiceRecord, Snapshot};
+use crate::record::{Key, MetricsRecord, ServiceRecord};
+use crate::snapshot::Snapshot;
 
 /// Something that happened, as a source or a command reports it.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,9 +4,7 @@
 //! service silently unscaled. Here a bad value never removes a service: the field takes its
 //! default and the entry's `config_errors` names the label, the value and the reason.
 
-use crate::model::{
-    ConfigError, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, Thresholds,
-};
+use crate::model::{LabelError, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, Thresholds};
 
 /// The default scale-up threshold, in percent, for both metrics.
 pub const DEFAULT_THRESHOLD: f64 = 70.0;
@@ -71,7 +69,7 @@ impl LabelRules {
             .unwrap_or(DEFAULT_MIN_REPLICAS);
         let mut max = match self.integer(spec, &self.max, "max", 1, &mut errors) {
             Some(max) if max < min => {
-                errors.push(ConfigError {
+                errors.push(LabelError {
                     label: self.max.clone(),
                     value: spec.labels.get(&self.max).cloned().unwrap_or_default(),
                     reason: format!(
@@ -85,7 +83,7 @@ impl LabelRules {
         };
         if max < min {
             // Only reachable when the maximum is a default: the minimum is the value at fault.
-            errors.push(ConfigError {
+            errors.push(LabelError {
                 label: self.min.clone(),
                 value: spec.labels.get(&self.min).cloned().unwrap_or_default(),
                 reason: format!(
@@ -117,7 +115,7 @@ impl LabelRules {
         }
     }
 
-    fn metric(&self, spec: &ServiceSpec, errors: &mut Vec<ConfigError>) -> ScalingMetric {
+    fn metric(&self, spec: &ServiceSpec, errors: &mut Vec<LabelError>) -> ScalingMetric {
         let Some(value) = spec.labels.get(&self.metric) else {
             return ScalingMetric::Cpu;
         };
@@ -125,7 +123,7 @@ impl LabelRules {
             "cpu" => ScalingMetric::Cpu,
             "memory" => ScalingMetric::Memory,
             _ => {
-                errors.push(ConfigError {
+                errors.push(LabelError {
                     label: self.metric.clone(),
                     value: value.clone(),
                     reason: "metric must be cpu or memory; using the default cpu".to_owned(),
@@ -135,7 +133,7 @@ impl LabelRules {
         }
     }
 
-    fn threshold(&self, spec: &ServiceSpec, label: &str, errors: &mut Vec<ConfigError>) -> f64 {
+    fn threshold(&self, spec: &ServiceSpec, label: &str, errors: &mut Vec<LabelError>) -> f64 {
         let Some(value) = spec.labels.get(label) else {
             return DEFAULT_THRESHOLD;
         };
@@ -144,7 +142,7 @@ impl LabelRules {
             Ok(_) => "threshold must be a percentage in (0, 100]",
             Err(_) => "threshold is not a number",
         };
-        errors.push(ConfigError {
+        errors.push(LabelError {
             label: label.to_owned(),
             value: value.clone(),
             reason: format!("{reason}; using the default {DEFAULT_THRESHOLD}"),
@@ -160,7 +158,7 @@ impl LabelRules {
         label: &str,
         what: &str,
         floor: i64,
-        errors: &mut Vec<ConfigError>,
+        errors: &mut Vec<LabelError>,
     ) -> Option<u64> {
         let value = spec.labels.get(label)?;
         let reason = match value.trim().parse::<i64>() {
@@ -168,7 +166,7 @@ impl LabelRules {
             Ok(_) => format!("{what} must be at least {floor}"),
             Err(_) => format!("{what} is not a whole number"),
         };
-        errors.push(ConfigError {
+        errors.push(LabelError {
             label: label.to_owned(),
             value: value.clone(),
             reason: format!("{reason}; using the default"),

@@ -7,8 +7,9 @@
 //! - [`model`]: plain data (what a source reports, what clients see).
 //! - [`labels`]: labels to scaling configuration, never dropping a service for a typo.
 //! - [`fold`]: the pure transition function.
+//! - [`record`]: a registered service and a service's metrics, as snapshots and changes hold them.
 //! - [`snapshot`]: persistent state, the change log, and change application.
-//! - [`change`]: the emitted facts and their shared JSON rendering.
+//! - [`change`]: the emitted facts, their names, and their shared JSON rendering.
 //! - [`driver`]: the owning task, lock-free reads, gap-free subscriptions.
 
 pub mod change;
@@ -16,18 +17,18 @@ pub mod driver;
 pub mod fold;
 pub mod labels;
 pub mod model;
+pub mod record;
 pub mod snapshot;
 
 pub use change::{Change, ChangeKind};
 pub use driver::{
-    clock_floor, Driver, Registry, RegistryConfig, RegistryStopped, Subscription, Update,
+    clock_floor, Driver, Registry, RegistryConfig, RegistryStopped, Submitted, Subscription, Update,
 };
 pub use fold::{Folder, Input, Transition};
 pub use labels::LabelRules;
 pub use model::{
-    ConfigError, Metrics, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, SourceError,
+    LabelError, Metrics, ScalingMetric, ServiceEntry, ServiceMode, ServiceSpec, SourceError,
     SourceHealth, SourceStatus, Thresholds, Timestamp, UnsampledTask,
 };
-pub use snapshot::{
-    ChangeLog, HistoryGone, Key, MetricsRecord, ServiceMap, ServiceRecord, Snapshot,
-};
+pub use record::{Key, MetricsRecord, ServiceMap, ServiceRecord};
+pub use snapshot::{services_after, ChangeLog, HistoryGone, Snapshot};

@@ -82,8 +82,9 @@ pub struct Thresholds {
 
 /// A label whose value could not be used. The service stays registered with that field at its
 /// default, and this record says why, so an operator can find the typo without reading logs.
+/// The contract lists them as the entry's `config_errors`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigError {
+pub struct LabelError {
     pub label: String,
     pub value: String,
     pub reason: String,
@@ -93,7 +94,7 @@ pub struct ConfigError {
 /// registry serialised keys sorted, and some clients diff bodies textually.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceEntry {
-    pub config_errors: Vec<ConfigError>,
+    pub config_errors: Vec<LabelError>,
     pub created_at: String,
     /// The desired replica count (for a global service: its desired task count, else 1).
     pub current_replicas: u64,
@@ -155,6 +156,18 @@ pub enum SourceStatus {
     Unreachable { reason: String },
 }
 
+impl SourceStatus {
+    /// The state's name, as every edge reports it (the `state` field, `source_status`, the
+    /// `x-registry-source` header). Serde's tag spells the same names; a test holds them equal.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceStatus::Connecting => "connecting",
+            SourceStatus::Connected => "connected",
+            SourceStatus::Unreachable { .. } => "unreachable",
+        }
+    }
+}
+
 /// The source's health as kept in a snapshot. Staleness is derived from it at read time
 /// (see [`SourceHealth::is_stale`]) so that the fold never needs a clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +205,26 @@ impl SourceHealth {
         match (&self.status, self.last_contact) {
             (SourceStatus::Connected, Some(t)) => now.0.saturating_sub(t.0) > max_age_ms,
             _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SourceStatus;
+
+    #[test]
+    fn a_status_name_is_its_serialised_state() {
+        let statuses = [
+            SourceStatus::Connecting,
+            SourceStatus::Connected,
+            SourceStatus::Unreachable {
+                reason: "connection refused".to_owned(),
+            },
+        ];
+        for status in statuses {
+            let json = serde_json::to_value(&status).unwrap_or_default();
+            assert_eq!(json["state"], status.name(), "{status:?}");
         }
     }
 }

@@ -4,72 +4,14 @@
 //! service with the previous one: a change to one service costs O(log n), not a copy of all.
 //! Each record renders its JSON once, lazily, so readers never re-serialise unchanged data.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use imbl::OrdMap;
-use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::change::{Change, ChangeKind};
-use crate::model::{Metrics, ServiceEntry, SourceHealth, Timestamp};
-
-/// A map key. Shared strings, because a persistent map copies the keys of every node on the
-/// path it changes: cloning an `Arc<str>` is a counter increment, a `String` an allocation.
-pub type Key = Arc<str>;
-
-/// Registered services by name, in name order.
-pub type ServiceMap = OrdMap<Key, Arc<ServiceRecord>>;
-
-/// A registered service and the revision at which its entry last changed (its ETag).
-#[derive(Debug)]
-pub struct ServiceRecord {
-    pub entry: ServiceEntry,
-    pub revision: u64,
-    json: OnceLock<Box<RawValue>>,
-}
-
-impl ServiceRecord {
-    pub fn new(entry: ServiceEntry, revision: u64) -> Self {
-        ServiceRecord {
-            entry,
-            revision,
-            json: OnceLock::new(),
-        }
-    }
-
-    /// The entry as JSON, rendered on first use and kept.
-    pub fn json(&self) -> &RawValue {
-        self.json.get_or_init(|| raw_json(&self.entry))
-    }
-}
-
-impl PartialEq for ServiceRecord {
-    fn eq(&self, other: &Self) -> bool {
-        self.entry == other.entry && self.revision == other.revision
-    }
-}
-
-/// A service's latest metrics and the revision at which they were folded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricsRecord {
-    pub metrics: Arc<Metrics>,
-    pub revision: u64,
-}
-
-/// Render a value that is known to serialise (plain data without maps keyed by non-strings).
-/// Falls back to `null` rather than panicking should that ever stop being true.
-pub(crate) fn raw_json<T: Serialize>(value: &T) -> Box<RawValue> {
-    serde_json::to_string(value)
-        .ok()
-        .and_then(|s| RawValue::from_string(s).ok())
-        .unwrap_or_else(null_raw)
-}
-
-fn null_raw() -> Box<RawValue> {
-    // "null" is valid JSON, so this cannot fail; the default is there only to avoid a panic path.
-    RawValue::from_string("null".to_owned()).unwrap_or_default()
-}
+use crate::model::{SourceHealth, Timestamp};
+use crate::record::{Key, MetricsRecord, ServiceMap, ServiceRecord};
 
 /// Why the change log cannot answer "what happened after seq N".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -229,22 +171,21 @@ impl Snapshot {
     /// fold's tests use it to prove that the changes of a transition say everything that
     /// happened: old snapshot + changes = new snapshot.
     pub fn apply_change(&mut self, change: &Change) {
+        self.services = services_after(&self.services, &change.kind);
         match &change.kind {
             ChangeKind::ServiceAdded { service } | ChangeKind::ServiceUpdated { service, .. } => {
-                let name = Key::from(service.entry.name.as_str());
-                self.ids
-                    .insert(Key::from(service.entry.id.as_str()), name.clone());
-                self.services.insert(name, service.clone());
+                self.ids.insert(
+                    Key::from(service.entry.id.as_str()),
+                    Key::from(service.entry.name.as_str()),
+                );
                 self.services_revision = change.seq;
             }
             ChangeKind::ServiceRemoved { id, name } => {
                 self.ids.remove(id.as_str());
-                self.services.remove(name.as_str());
                 self.metrics.remove(name.as_str());
                 self.services_revision = change.seq;
             }
-            ChangeKind::ServicesUpdated { services } => {
-                self.services = services.clone();
+            ChangeKind::ServicesUpdated { .. } => {
                 self.services_revision = change.seq;
             }
             ChangeKind::MetricsUpdated {
@@ -283,5 +224,19 @@ impl Snapshot {
         }
         out.push(']');
         out
+    }
+}
+
+/// The service list after `change`, given the list before it: the services part of
+/// [`Snapshot::apply_change`], for a consumer that keeps only the list (the broker's outbox
+/// remembers it after every change, to stand in for changes it drops).
+pub fn services_after(before: &ServiceMap, change: &ChangeKind) -> ServiceMap {
+    match change {
+        ChangeKind::ServiceAdded { service } | ChangeKind::ServiceUpdated { service, .. } => {
+            before.update(Key::from(service.entry.name.as_str()), service.clone())
+        }
+        ChangeKind::ServiceRemoved { name, .. } => before.without(name.as_str()),
+        ChangeKind::ServicesUpdated { services } => services.clone(),
+        ChangeKind::MetricsUpdated { .. } | ChangeKind::HealthCheck { .. } => before.clone(),
     }
 }

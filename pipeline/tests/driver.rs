@@ -26,7 +26,7 @@ fn registry(log: usize, broadcast: usize) -> Registry {
         floor: 500,
         ..RegistryConfig::default()
     });
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     registry
 }
 
@@ -193,11 +193,13 @@ async fn ids_from_an_earlier_run_or_the_future_get_a_reset() {
 }
 
 #[tokio::test]
-async fn the_driver_stops_when_inputs_and_handles_are_gone() {
+async fn the_driver_stops_when_its_handles_are_gone() {
     let (registry, driver) = Registry::new(RegistryConfig::default());
-    let inputs = futures::stream::iter(vec![Input::Upsert(spec(1, 1)), Input::Tick]);
-    let task = tokio::spawn(driver.run(inputs));
     let (_, mut sub) = registry.subscribe();
+    for input in [Input::Upsert(spec(1, 1)), Input::Tick] {
+        registry.send(input).await.unwrap();
+    }
+    let task = tokio::spawn(driver.run());
     drop(registry);
     let last = task.await.unwrap();
     assert_eq!(last.services.len(), 1);
@@ -214,4 +216,79 @@ async fn the_driver_stops_when_inputs_and_handles_are_gone() {
             "health.check"
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revision_watch_moves_only_once_the_snapshot_is_readable() {
+    let registry = registry(1000, 1000);
+    let mut revisions = registry.watch_revision();
+    assert_eq!(*revisions.borrow_and_update(), 500);
+    let writer = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                registry
+                    .send(Input::Upsert(spec(i % 5, i + 1)))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let last = 500 + 100 * 2 + 1;
+    let mut seen = 500;
+    while seen < last {
+        revisions.changed().await.unwrap();
+        let revision = *revisions.borrow_and_update();
+        assert!(revision > seen, "the watch only rises");
+        assert!(
+            registry.load().revision >= revision,
+            "stored before signalled"
+        );
+        seen = revision;
+    }
+    writer.await.unwrap();
+    // An input that emits nothing leaves the watch alone.
+    registry.submit(Input::Upsert(spec(4, 100))).await.unwrap();
+    assert!(!revisions.has_changed().unwrap());
+}
+
+#[tokio::test]
+async fn the_revision_watch_closes_when_the_driver_stops() {
+    let (registry, driver) = Registry::new(RegistryConfig::default());
+    let mut revisions = registry.watch_revision();
+    let task = tokio::spawn(driver.run());
+    drop(registry);
+    task.await.unwrap();
+    assert!(revisions.changed().await.is_err());
+}
+
+#[tokio::test]
+async fn a_submitter_gets_exactly_its_transitions_changes() {
+    let registry = registry(1000, 1000);
+    let (_, mut sub) = registry.subscribe();
+    for input in [
+        Input::Upsert(spec(1, 1)),
+        Input::Upsert(spec(1, 1)),
+        Input::Upsert(spec(1, 2)),
+        Input::Remove {
+            id: "id1".to_owned(),
+        },
+    ] {
+        let submitted = registry.submit_with_changes(input).await.unwrap();
+        let mut broadcast = Vec::new();
+        while broadcast.len() < submitted.changes.len() {
+            broadcast.push(next_change(&mut sub).await);
+        }
+        assert_eq!(submitted.changes, broadcast);
+        if let Some(last) = submitted.changes.last() {
+            assert_eq!(last.seq, submitted.revision);
+        }
+        assert!(submitted
+            .changes
+            .iter()
+            .all(|c| c.revision == submitted.revision));
+        assert_eq!(registry.load().revision, submitted.revision);
+    }
+    // The repeated upsert changed nothing, so nothing else was broadcast.
+    assert_eq!(sub.position(), registry.load().revision);
 }

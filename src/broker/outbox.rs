@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use pipeline::{Change, ChangeKind, ServiceMap, Timestamp};
+use pipeline::{services_after, Change, ChangeKind, ServiceMap, Timestamp};
 
 use super::message::Outgoing;
 
@@ -72,18 +72,6 @@ impl Entry {
 /// exactly the state as of it.
 pub fn resync_change(seq: u64, at: Timestamp, services: ServiceMap) -> Change {
     Change::new(seq, seq, at, ChangeKind::ServicesUpdated { services })
-}
-
-/// The service list after `change`, given the list before it.
-pub fn services_after(before: &ServiceMap, change: &ChangeKind) -> ServiceMap {
-    match change {
-        ChangeKind::ServiceAdded { service } | ChangeKind::ServiceUpdated { service, .. } => {
-            before.update(service.entry.name.as_str().into(), service.clone())
-        }
-        ChangeKind::ServiceRemoved { name, .. } => before.without(name.as_str()),
-        ChangeKind::ServicesUpdated { services } => services.clone(),
-        ChangeKind::MetricsUpdated { .. } | ChangeKind::HealthCheck { .. } => before.clone(),
-    }
 }
 
 /// Limits of one batch. The broker refuses frames above its frame size (1 MiB by default),

@@ -13,18 +13,15 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use pipeline::{Input, Metrics, Registry, Timestamp, UnsampledTask};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::config::SwarmConfig;
 use super::engine::{Engine, EngineError, RunningTask, StatsReading};
 use super::stats::{summarize, task_figures, ReadingCache, TaskFigures};
-use crate::control::ControlError;
+use crate::control::{ControlError, SampleRequest};
 use crate::status::SourceCounters;
-
-/// A forced sample request: the service's name and where to answer.
-pub type SampleRequest = (String, oneshot::Sender<Result<u64, ControlError>>);
 
 /// One service's outcome of a sampling pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -357,7 +354,7 @@ async fn serve_forced<E: Engine>(
             _ = shutdown.cancelled() => return,
             request = requests.recv() => request,
         };
-        let Some((name, reply)) = request else {
+        let Some(SampleRequest { service, done }) = request else {
             return;
         };
         let sampler = sampler.clone();
@@ -366,8 +363,8 @@ async fn serve_forced<E: Engine>(
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                outcome = sampler.sample_one(&registry, &name) => {
-                    let _ = reply.send(outcome);
+                outcome = sampler.sample_one(&registry, &service) => {
+                    let _ = done.send(outcome);
                 }
             }
         });

@@ -21,7 +21,6 @@ pub mod sync;
 use std::sync::Arc;
 
 use pipeline::{Input, Registry, SourceStatus};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use bollard_engine::BollardEngine;
@@ -29,7 +28,7 @@ pub use config::SwarmConfig;
 pub use engine::{Engine, EngineError};
 
 use crate::backoff::Backoff;
-use crate::control::{ControlError, SourceCommand};
+use crate::control::SourceCommands;
 use crate::status::SourceCounters;
 use metrics::{MetricsLoop, Sampler};
 use sync::SyncLoop;
@@ -39,7 +38,7 @@ use sync::SyncLoop;
 pub async fn run(
     config: SwarmConfig,
     registry: Registry,
-    commands: mpsc::Receiver<SourceCommand>,
+    commands: SourceCommands,
     counters: Arc<SourceCounters>,
     shutdown: CancellationToken,
 ) {
@@ -79,17 +78,17 @@ pub async fn run(
     .await;
 }
 
-/// [`run`] with any [`Engine`]: the same source against a stand-in.
+/// [`run`] with any [`Engine`]: the same source against a stand-in. Refresh commands go to
+/// the service-list loop, sample commands to the metrics loop.
 pub async fn run_with_engine<E: Engine>(
     engine: Arc<E>,
     config: SwarmConfig,
     registry: Registry,
-    mut commands: mpsc::Receiver<SourceCommand>,
+    commands: SourceCommands,
     counters: Arc<SourceCounters>,
     shutdown: CancellationToken,
 ) {
-    let (refresh_tx, refresh_rx) = mpsc::channel(64);
-    let (sample_tx, sample_rx) = mpsc::channel(64);
+    let SourceCommands { refreshes, samples } = commands;
     let sync = tokio::spawn(
         SyncLoop::new(
             engine.clone(),
@@ -97,33 +96,11 @@ pub async fn run_with_engine<E: Engine>(
             counters.clone(),
             config.clone(),
         )
-        .run(refresh_rx, shutdown.clone()),
+        .run(refreshes, shutdown.clone()),
     );
     let sampler = Sampler::new(engine, counters, &config);
     let metrics =
-        tokio::spawn(MetricsLoop::new(sampler, registry, &config).run(sample_rx, shutdown.clone()));
-    let mut open = true;
-    loop {
-        let command = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            command = commands.recv(), if open => command,
-        };
-        match command {
-            None => open = false,
-            Some(SourceCommand::Refresh { done }) => {
-                if let Err(mpsc::error::SendError(done)) = refresh_tx.send(done).await {
-                    let _ = done.send(Err(ControlError::SourceStopped));
-                }
-            }
-            Some(SourceCommand::SampleMetrics { service, done }) => {
-                if let Err(mpsc::error::SendError((_, done))) =
-                    sample_tx.send((service, done)).await
-                {
-                    let _ = done.send(Err(ControlError::SourceStopped));
-                }
-            }
-        }
-    }
+        tokio::spawn(MetricsLoop::new(sampler, registry, &config).run(samples, shutdown.clone()));
     let _ = sync.await;
     let _ = metrics.await;
 }

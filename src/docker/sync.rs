@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use pipeline::{ChangeKind, Input, Registry, SourceStatus};
-use tokio::sync::{mpsc, oneshot};
+use pipeline::{Change, ChangeKind, Input, Registry, SourceStatus, Submitted};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -26,11 +26,8 @@ use super::coalesce::{Coalescer, Verdict};
 use super::config::SwarmConfig;
 use super::engine::{Engine, EngineError, EngineEvent, EventCursor};
 use crate::backoff::Backoff;
-use crate::control::ControlError;
+use crate::control::{CommandReply, ControlError};
 use crate::status::SourceCounters;
-
-/// Where to send the outcome of one refresh request.
-pub type RefreshReply = oneshot::Sender<Result<u64, ControlError>>;
 
 type EventStream = BoxStream<'static, Result<EngineEvent, EngineError>>;
 
@@ -101,7 +98,7 @@ impl<E: Engine> SyncLoop<E> {
     /// Run until `shutdown` is cancelled or the registry stops.
     pub async fn run(
         mut self,
-        mut refreshes: mpsc::Receiver<RefreshReply>,
+        mut refreshes: mpsc::Receiver<CommandReply>,
         shutdown: CancellationToken,
     ) {
         let period = self.config.refresh_interval;
@@ -238,8 +235,8 @@ impl<E: Engine> SyncLoop<E> {
     /// Answer this refresh request and every other one already waiting, with one list.
     async fn refresh(
         &mut self,
-        first: RefreshReply,
-        more: &mut mpsc::Receiver<RefreshReply>,
+        first: CommandReply,
+        more: &mut mpsc::Receiver<CommandReply>,
     ) -> Result<(), Stopped> {
         let mut replies = vec![first];
         while let Ok(reply) = more.try_recv() {
@@ -265,26 +262,20 @@ impl<E: Engine> SyncLoop<E> {
                 return Ok(Err(e));
             }
         };
-        let before = self.registry.load().revision;
-        let revision = self.submit(Input::FullList(specs)).await?;
+        let submitted = self.submit(Input::FullList(specs)).await?;
         self.counters.full_lists.fetch_add(1, Ordering::Relaxed);
         self.on_contact();
         if reason == ListReason::Poll && self.events.is_some() {
-            self.watch(before, revision, started);
+            self.watch(&submitted.changes, started);
         }
-        Ok(Ok(revision))
+        Ok(Ok(submitted.revision))
     }
 
     /// After a poll: note the services whose spec changed (or which appeared or vanished)
-    /// without any event about them.
-    fn watch(&mut self, before: u64, revision: u64, list_started: Instant) {
-        let snapshot = self.registry.snapshot();
-        let Ok(changes) = snapshot.changes_since(before) else {
-            return;
-        };
+    /// without any event about them, from the changes the list's transition emitted.
+    fn watch(&mut self, changes: &[Arc<Change>], list_started: Instant) {
         let ids: Vec<String> = changes
             .iter()
-            .filter(|c| c.revision == revision)
             .filter_map(|c| match &c.kind {
                 ChangeKind::ServiceAdded { service } => Some(service.entry.id.clone()),
                 // Task counts move without service events (containers on other nodes): only
@@ -372,14 +363,19 @@ impl<E: Engine> SyncLoop<E> {
         }
     }
 
-    /// Fold `input`. The future does not borrow the loop (whose event stream is not `Sync`),
-    /// so the loop's futures stay `Send`.
+    /// Fold `input`; the answer carries the changes it caused. The future does not borrow the
+    /// loop (whose event stream is not `Sync`), so the loop's futures stay `Send`.
     fn submit(
         &self,
         input: Input,
-    ) -> impl std::future::Future<Output = Result<u64, Stopped>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<Submitted, Stopped>> + Send + 'static {
         let registry = self.registry.clone();
-        async move { registry.submit(input).await.map_err(|_| Stopped) }
+        async move {
+            registry
+                .submit_with_changes(input)
+                .await
+                .map_err(|_| Stopped)
+        }
     }
 }
 

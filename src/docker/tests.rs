@@ -249,7 +249,7 @@ fn config() -> SwarmConfig {
 
 fn start(engine: &Arc<FakeEngine>, config: SwarmConfig) -> Harness {
     let (registry, driver) = Registry::new(RegistryConfig::default());
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     let (control, commands) = SourceControl::channel(16);
     let counters = Arc::new(SourceCounters::default());
     let shutdown = CancellationToken::new();
@@ -536,7 +536,7 @@ async fn metrics_average_local_tasks_and_say_what_was_skipped() {
 #[tokio::test]
 async fn an_absent_daemon_is_a_status_not_a_crash() {
     let (registry, driver) = Registry::new(RegistryConfig::default());
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     let (_control, commands) = SourceControl::channel(4);
     let shutdown = CancellationToken::new();
     let config = SwarmConfig {

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use pipeline::ChangeKind;
+
 /// The longest a blocking read waits, whatever the client asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
@@ -38,14 +40,18 @@ pub struct Blocking {
 /// Which changes an event stream carries.
 ///
 /// A change passes when it matches the `events` patterns and concerns one of the `service`
-/// names (if any). Without `events`, every kind passes except `services.updated`: the stream
-/// opens with a full snapshot and then carries every per-service change, so the whole list
-/// repeated after each change says nothing new and would multiply the bytes sent to every
-/// subscriber by the size of the registry. A client that wants it names it
-/// (`events=services.updated`, `services.*` or `*`). Ids are change seqs either way, so a
-/// stream simply skips the seqs it does not carry. Changes about no particular service (`services.updated`,
-/// `health.check`) pass a service filter only when the `events` filter asks for them by name,
-/// so `?service=web` does not receive every service in each `services.updated`.
+/// names (if any). Changes about no particular service (`services.updated`, `health.check`)
+/// pass a service filter only when the `events` filter asks for them by name, so
+/// `?service=web` does not receive every service in each `services.updated`.
+///
+/// Why `services.updated` is left out by default (this is the one place that says it):
+/// without `events`, every kind passes except `services.updated`. The stream opens with a
+/// full snapshot and then carries every per-service change, so the whole list repeated after
+/// each change says nothing new and would multiply the bytes sent to every subscriber by the
+/// size of the registry. A client that wants it names it (`events=services.updated`,
+/// `services.*` or `*`). The broker still publishes it, for consumers that attach anywhere in
+/// the stream and resynchronise from it. Ids are change seqs either way, so a stream simply
+/// skips the seqs it does not carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventFilter {
     pub services: Option<BTreeSet<String>>,
@@ -70,17 +76,8 @@ pub struct StreamQuery {
     pub filter: EventFilter,
 }
 
-const EXACT_KEYS: [&str; 5] = [
-    "service.added",
-    "service.removed",
-    "service.updated",
-    "services.updated",
-    "health.check",
-];
-/// The routing key left out of a stream that does not choose its events.
-pub const FULL_LIST_EVENT: &str = "services.updated";
-
-const FAMILIES: [&str; 4] = ["service", "services", "metrics", "health"];
+/// The routing key left out of a stream that does not choose its events (see [`EventFilter`]).
+const FULL_LIST_EVENT: &str = ChangeKind::SERVICES_UPDATED;
 
 impl EventPattern {
     fn matches(&self, routing_key: &str) -> bool {
@@ -96,22 +93,27 @@ impl EventPattern {
             return Ok(EventPattern::Any);
         }
         if let Some(family) = text.strip_suffix(".*") {
-            return if FAMILIES.contains(&family) {
+            let families = ChangeKind::ROUTING_KEY_FAMILIES;
+            return if families.contains(&family) {
                 Ok(EventPattern::Prefix(format!("{family}.")))
             } else {
                 Err(format!(
                     "unknown event family {family:?} (known: {})",
-                    FAMILIES.join(", ")
+                    families.join(", ")
                 ))
             };
         }
-        let is_metrics = text.strip_prefix("metrics.").is_some_and(|s| !s.is_empty());
-        if EXACT_KEYS.contains(&text) || is_metrics {
+        let is_metrics = text
+            .strip_prefix(ChangeKind::METRICS_KEY_PREFIX)
+            .is_some_and(|s| !s.is_empty());
+        let fixed = ChangeKind::FIXED_ROUTING_KEYS;
+        if fixed.contains(&text) || is_metrics {
             Ok(EventPattern::Exact(text.to_owned()))
         } else {
             Err(format!(
-                "unknown event {text:?} (known: {}, metrics.<service>, <family>.*, *)",
-                EXACT_KEYS.join(", ")
+                "unknown event {text:?} (known: {}, {}<service>, <family>.*, *)",
+                fixed.join(", "),
+                ChangeKind::METRICS_KEY_PREFIX
             ))
         }
     }

@@ -9,21 +9,11 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use pipeline::change::SERVICE_NAME;
-use pipeline::{Metrics, Snapshot, SourceStatus, Timestamp};
+use pipeline::{ChangeKind, Metrics, Snapshot, SourceStatus, Timestamp};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::status::PublisherState;
-
-/// The events the contract advertises in `GET /events`.
-pub const AVAILABLE_EVENTS: [&str; 6] = [
-    "services.updated",
-    "service.added",
-    "service.removed",
-    "service.updated",
-    "metrics.{service_name}",
-    "health.check",
-];
 
 /// Serialise plain data. Every body here is strings, numbers and nested structs of them, which
 /// serde_json always accepts; the fallback keeps even an impossible failure a valid answer.
@@ -60,7 +50,7 @@ pub fn parameter_error_body(message: &str, parameter: &str) -> Bytes {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Freshness {
     pub stale: bool,
-    /// `connecting`, `connected` or `unreachable`.
+    /// The source's state by name ([`SourceStatus::name`]).
     pub source_state: &'static str,
     pub last_contact: Option<Timestamp>,
     /// Milliseconds since the engine last answered.
@@ -73,7 +63,7 @@ impl Freshness {
         let source = &snapshot.source;
         Freshness {
             stale: source.is_stale(now, stale_after_ms),
-            source_state: state_name(&source.status),
+            source_state: source.status.name(),
             last_contact: source.last_contact,
             last_contact_age_ms: source
                 .last_contact
@@ -83,14 +73,6 @@ impl Freshness {
                 _ => None,
             },
         }
-    }
-}
-
-pub fn state_name(status: &SourceStatus) -> &'static str {
-    match status {
-        SourceStatus::Connecting => "connecting",
-        SourceStatus::Connected => "connected",
-        SourceStatus::Unreachable { .. } => "unreachable",
     }
 }
 
@@ -496,7 +478,7 @@ pub fn events_body(publisher: &PublisherState, now: Timestamp) -> Bytes {
         timestamp: i64,
     }
     to_bytes(&EventsBody {
-        available_events: AVAILABLE_EVENTS,
+        available_events: ChangeKind::CONTRACT_EVENTS,
         connected: publisher.is_connected(),
         enabled: publisher.enabled,
         exchange: publisher.stream.as_deref(),

@@ -11,10 +11,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use pipeline::{Registry, Update};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -49,27 +48,6 @@ fn connection_builder(config: &HttpConfig) -> Builder {
     builder
 }
 
-/// Keeps the latest revision in a watch channel, so blocking reads wait on one cheap signal
-/// instead of each holding a registry subscription.
-async fn watch_revisions(
-    registry: Registry,
-    revisions: watch::Sender<u64>,
-    shutdown: CancellationToken,
-) {
-    let (_, mut subscription) = registry.subscribe();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            update = subscription.next() => match update {
-                None => return,
-                Some(Update::Change(_) | Update::Reset { .. }) => {
-                    revisions.send_replace(registry.load().revision);
-                }
-            },
-        }
-    }
-}
-
 /// Decrements the open-connection gauge when a connection task ends, however it ends.
 struct OpenConnection(Arc<HttpMetrics>);
 
@@ -98,13 +76,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), HttpError> {
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
-    let (revisions_tx, revisions_rx) = watch::channel(state.registry.load().revision);
-    let revision_watch = tokio::spawn(watch_revisions(
-        state.registry.clone(),
-        revisions_tx,
-        shutdown.clone(),
-    ));
-    let api = Arc::new(Api::new(&config, state, revisions_rx, shutdown.clone()));
+    // Blocking reads wait on the registry's revision watch: one cheap signal, not a
+    // subscription each.
+    let revisions = state.registry.watch_revision();
+    let api = Arc::new(Api::new(&config, state, revisions, shutdown.clone()));
     let builder = Arc::new(connection_builder(&config));
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -178,7 +153,6 @@ pub async fn serve(
             "connections still open after the shutdown grace period; dropping them"
         );
     }
-    revision_watch.abort();
     Ok(())
 }
 

@@ -1,13 +1,10 @@
 //! The live event stream (server-sent events): a snapshot, then every change, on one
 //! connection; resumable from the change log by `Last-Event-ID` (or `?since=`).
 //!
-//! Every change except `services.updated`, unless the client asks for it with `?events=`
-//! (`services.updated`, `services.*` or `*`): after the snapshot, the per-service events
-//! (`service.*`, `metrics.*`) already tell a subscriber everything, and the full list after
-//! each change would send the whole registry to every subscriber on every change. The broker
-//! still publishes it, for consumers that attach anywhere in the stream and resynchronise
-//! from it. Event ids are change seqs, so a stream skips the seqs its filter leaves out; a
-//! resuming client gets exactly the missed changes its filter admits, in order.
+//! Which changes a stream carries is its [`EventFilter`]'s decision; its doc says why
+//! `services.updated` is left out unless asked for. Event ids are change seqs, so a stream
+//! skips the seqs its filter leaves out; a resuming client gets exactly the missed changes its
+//! filter admits, in order.
 //!
 //! The stream is pulled by the connection: a frame is produced only when hyper asks for the
 //! next one, which it does only while the client reads (HTTP/2 flow control, HTTP/1.1 write

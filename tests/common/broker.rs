@@ -85,7 +85,7 @@ pub fn start_registry(floor: u64) -> Registry {
         floor,
         ..RegistryConfig::default()
     });
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     registry
 }
 

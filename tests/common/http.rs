@@ -16,10 +16,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use pipeline::{Input, Metrics, Registry, RegistryConfig, ServiceMode, ServiceSpec};
 use serde_json::Value;
-use swarm_registry::control::{ControlError, SourceCommand, SourceControl};
+use swarm_registry::control::{ControlError, SampleRequest, SourceCommands, SourceControl};
 use swarm_registry::http::{self as api, ApiState, HttpConfig, HttpError};
 use swarm_registry::status::{PublisherState, SourceCounters};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -115,11 +114,15 @@ pub struct TestServer {
 async fn stand_in_source(
     registry: Registry,
     script: Arc<Mutex<SourceScript>>,
-    mut commands: mpsc::Receiver<SourceCommand>,
+    commands: SourceCommands,
 ) {
-    while let Some(command) = commands.recv().await {
-        match command {
-            SourceCommand::Refresh { done } => {
+    let SourceCommands {
+        mut refreshes,
+        mut samples,
+    } = commands;
+    loop {
+        tokio::select! {
+            Some(done) = refreshes.recv() => {
                 let specs = {
                     let mut script = script.lock().unwrap();
                     script.refreshes += 1;
@@ -128,7 +131,7 @@ async fn stand_in_source(
                 let folded = registry.submit(Input::FullList(specs)).await;
                 let _ = done.send(folded.map_err(|_| ControlError::SourceStopped));
             }
-            SourceCommand::SampleMetrics { service, done } => {
+            Some(SampleRequest { service, done }) = samples.recv() => {
                 let found = {
                     let script = script.lock().unwrap();
                     script.specs.iter().find(|s| s.name == service).map(|s| {
@@ -150,6 +153,7 @@ async fn stand_in_source(
                 };
                 let _ = done.send(outcome);
             }
+            else => return,
         }
     }
 }
@@ -161,7 +165,7 @@ impl TestServer {
             broadcast_capacity: options.broadcast_capacity,
             ..RegistryConfig::default()
         });
-        tokio::spawn(driver.run(futures::stream::pending()));
+        tokio::spawn(driver.run());
         let (control, commands) = SourceControl::channel(16);
         let script = Arc::new(Mutex::new(SourceScript::default()));
         tokio::spawn(stand_in_source(registry.clone(), script.clone(), commands));

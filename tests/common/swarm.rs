@@ -141,7 +141,7 @@ pub fn test_config() -> SwarmConfig {
 /// the first full sync.
 pub async fn start_source_with<E: Engine>(engine: Option<Arc<E>>, config: SwarmConfig) -> Source {
     let (registry, driver) = Registry::new(RegistryConfig::default());
-    tokio::spawn(driver.run(futures::stream::pending()));
+    tokio::spawn(driver.run());
     let (control, commands) = SourceControl::channel(16);
     let counters = Arc::new(SourceCounters::default());
     let shutdown = CancellationToken::new();
