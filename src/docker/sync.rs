@@ -27,7 +27,7 @@ use super::config::SwarmConfig;
 use super::engine::{Engine, EngineError, EngineEvent, EventCursor};
 use crate::backoff::Backoff;
 use crate::control::ControlError;
-use crate::status::SourceCounters;
+use crate::telemetry::SourceCounters;
 
 /// Where to send the outcome of one refresh request.
 pub type RefreshReply = oneshot::Sender<Result<u64, ControlError>>;

@@ -13,7 +13,7 @@ use pipeline::{Metrics, Snapshot, SourceStatus, Timestamp};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::status::PublisherState;
+use crate::telemetry::PublisherState;
 
 /// The events the contract advertises in `GET /events`.
 pub const AVAILABLE_EVENTS: [&str; 6] = [
