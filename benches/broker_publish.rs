@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pipeline::{
@@ -28,7 +28,8 @@ use swarm_registry::broker::{
     BrokerConfig, BrokerError, Connected, Endpoint, Outgoing, Publisher, RabbitBroker, Secret,
     StreamBroker,
 };
-use swarm_registry::status::PublisherState;
+use swarm_registry::telemetry::PublisherState;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const SERVICES: u32 = 20;

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use pipeline::{ChangeKind, Registry, RegistryConfig, Update};
 use swarm_registry::control::SourceControl;
 use swarm_registry::docker::SwarmConfig;
-use swarm_registry::status::SourceCounters;
+use swarm_registry::telemetry::SourceCounters;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -10,4 +10,4 @@ pub mod control;
 pub mod docker;
 pub mod http;
 pub mod logging;
-pub mod status;
+pub mod telemetry;

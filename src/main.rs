@@ -14,7 +14,7 @@ use swarm_registry::control::SourceControl;
 use swarm_registry::docker::{self, SwarmConfig};
 use swarm_registry::http::{self, ApiState, HttpConfig};
 use swarm_registry::logging;
-use swarm_registry::status::{PublisherState, SourceCounters};
+use swarm_registry::telemetry::{PublisherState, SourceCounters};
 use tokio_util::sync::CancellationToken;
 
 /// How long start-up waits for the broker to say where publishing stopped.

@@ -7,15 +7,16 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pipeline::{
     services_after, Change, Input, Registry, RegistryConfig, ServiceMap, ServiceMode, ServiceSpec,
 };
 use swarm_registry::broker::{BrokerError, Connected, Outgoing, Publisher, StreamBroker, Tuning};
-use swarm_registry::status::PublisherState;
+use swarm_registry::telemetry::PublisherState;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const FLOOR: u64 = 1_000_000;

@@ -16,7 +16,7 @@ use swarm_registry::broker::{
     StreamBroker,
 };
 use swarm_registry::config::Vars;
-use swarm_registry::status::PublisherState;
+use swarm_registry::telemetry::PublisherState;
 
 const CONFIRM_LIMIT: Duration = Duration::from_secs(30);
 

@@ -19,13 +19,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker_support::{endpoint, rabbitmq_available, StreamCleanup, StreamReader};
 use http::StatusCode;
 use http_support::{Event, EventReader, Protocol, TestClient};
 use serde_json::{json, Value};
 use swarm_support::{create_service, docker, swarm_available, unique};
+use tokio::time::Instant;
 
 /// Start-up against the real engine (first full list) on a busy 2-core machine.
 const START_LIMIT: Duration = Duration::from_secs(30);

@@ -11,7 +11,7 @@ use pipeline::{Input, SourceStatus};
 use serde_json::Value;
 use support::{sample, spec, spec_with, Options, TestServer, DEADLINE, PROTOCOLS};
 use swarm_registry::http::HttpConfig;
-use swarm_registry::status::PublisherState;
+use swarm_registry::telemetry::PublisherState;
 
 fn keys(value: &Value) -> Vec<&str> {
     value

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use pipeline::{Input, Registry, RegistryConfig, ServiceMode, ServiceSpec};
 use swarm_registry::control::{ControlError, SampleRequest, SourceCommands, SourceControl};
 use swarm_registry::http::{self as api, ApiState, HttpConfig};
-use swarm_registry::status::{PublisherState, SourceCounters};
+use swarm_registry::telemetry::{PublisherState, SourceCounters};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -35,7 +35,7 @@ pub use message::Outgoing;
 pub use publisher::{Connected, Publisher, StreamBroker};
 pub use rabbit::{floor_above, last_publishing_id, starting_floor, RabbitBroker};
 
-use crate::status::PublisherState;
+use crate::telemetry::PublisherState;
 
 /// Publish every change of `registry`'s run to the configured stream until `shutdown`, then
 /// try (within one timeout) to publish what is still pending. Never returns early on broker

@@ -14,11 +14,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use pipeline::{Registry, ServiceMap, Subscription, Timestamp, Update};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::Tuning;
@@ -26,7 +27,7 @@ use super::error::BrokerError;
 use super::message::Outgoing;
 use super::outbox::{BatchLimits, Outbox};
 use crate::backoff::Backoff;
-use crate::status::PublisherState;
+use crate::telemetry::PublisherState;
 
 /// The largest frame the broker accepts unless configured otherwise (RabbitMQ's default).
 pub const FRAME_MAX: usize = 1_048_576;

@@ -4,7 +4,7 @@
 //!   [`bollard_engine`] implements it for a real daemon.
 //! - [`sync`]: events as hints, periodic lists as the authority, reconnect with `since`,
 //!   the stall watchdog, refresh commands.
-//! - [`metrics`]: stats rounds and forced samples; [`stats`] is their pure arithmetic.
+//! - [`sampler`]: stats rounds and forced samples; [`stats`] is their pure arithmetic.
 //! - [`coalesce`]: the pure burst-coalescing policy (reconnect pacing is [`crate::backoff`]).
 //!
 //! Connection failures are never fatal: they become the registry's source status, and the
@@ -14,7 +14,7 @@ pub mod bollard_engine;
 pub mod coalesce;
 pub mod config;
 pub mod engine;
-pub mod metrics;
+pub mod sampler;
 pub mod stats;
 pub mod sync;
 
@@ -29,8 +29,8 @@ pub use engine::{Engine, EngineError};
 
 use crate::backoff::Backoff;
 use crate::control::SourceCommands;
-use crate::status::SourceCounters;
-use metrics::{MetricsLoop, Sampler};
+use crate::telemetry::SourceCounters;
+use sampler::{Sampler, SamplingLoop};
 use sync::SyncLoop;
 
 /// Run the Swarm source against the engine at `config.docker_url` until `shutdown` is
@@ -99,10 +99,11 @@ pub async fn run_with_engine<E: Engine>(
         .run(refreshes, shutdown.clone()),
     );
     let sampler = Sampler::new(engine, counters, &config);
-    let metrics =
-        tokio::spawn(MetricsLoop::new(sampler, registry, &config).run(samples, shutdown.clone()));
+    let sampling = tokio::spawn(
+        SamplingLoop::new(sampler, registry, &config).run(samples, shutdown.clone()),
+    );
     let _ = sync.await;
-    let _ = metrics.await;
+    let _ = sampling.await;
 }
 
 #[cfg(test)]

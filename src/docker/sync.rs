@@ -27,7 +27,7 @@ use super::config::SwarmConfig;
 use super::engine::{Engine, EngineError, EngineEvent, EventCursor};
 use crate::backoff::Backoff;
 use crate::control::{CommandReply, ControlError};
-use crate::status::SourceCounters;
+use crate::telemetry::SourceCounters;
 
 type EventStream = BoxStream<'static, Result<EngineEvent, EngineError>>;
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::engine::*;
 use super::{run_with_engine, SwarmConfig};
 use crate::control::{ControlError, SourceControl};
-use crate::status::SourceCounters;
+use crate::telemetry::SourceCounters;
 
 type Feed = mpsc::UnboundedSender<Result<EngineEvent, EngineError>>;
 

@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use super::body::ApiBody;
 use super::cache::BodyCache;
 use super::config::HttpConfig;
-use super::metrics::{self, HttpMetrics};
 use super::query::{self, Blocking, QueryError};
 use super::render::{self, CacheStats, Freshness, ServicesMetadata};
 use super::route::{self, Route, RouteError, UNMATCHED};
 use super::sse::{EventStream, Start, StreamContext};
 use super::ApiState;
 use crate::control::ControlError;
+use crate::telemetry::{self, HttpMetrics};
 
 /// The resource's revision, as a number clients can compare (Consul's `X-Consul-Index`).
 pub const INDEX_HEADER: &str = "x-registry-index";
@@ -316,7 +316,7 @@ impl Api {
     fn prometheus(&self) -> Answer {
         let snapshot = self.state.registry.snapshot();
         let (now, freshness) = self.now_and_freshness(&snapshot);
-        let text = metrics::render(&metrics::Exposition {
+        let text = telemetry::render(&telemetry::Exposition {
             http: &self.metrics,
             snapshot: &snapshot,
             now,

@@ -6,7 +6,6 @@
 //! - [`render`]: the contract's JSON bodies (pure).
 //! - [`cache`]: rendered bodies reused until their inputs change.
 //! - [`sse`]: event-stream framing and the per-subscriber stream.
-//! - [`metrics`]: request counters, latency histograms, the Prometheus exposition.
 //! - [`handler`]: one request, end to end.
 //! - [`server`]: accepting connections, HTTP/1.1 + HTTP/2 + TLS, graceful shutdown.
 //!
@@ -20,13 +19,12 @@ use pipeline::Registry;
 use tokio::net::TcpListener;
 
 use crate::control::SourceControl;
-use crate::status::{PublisherState, SourceCounters};
+use crate::telemetry::{PublisherState, SourceCounters};
 
 pub mod body;
 pub mod cache;
 pub mod config;
 pub mod handler;
-pub mod metrics;
 pub mod query;
 pub mod render;
 pub mod route;

@@ -13,7 +13,7 @@ use pipeline::{ChangeKind, Metrics, Snapshot, SourceStatus, Timestamp};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::status::PublisherState;
+use crate::telemetry::PublisherState;
 
 /// Serialise plain data. Every body here is strings, numbers and nested structs of them, which
 /// serde_json always accepts; the fallback keeps even an impossible failure a valid answer.

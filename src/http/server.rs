@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::HttpConfig;
 use super::handler::Api;
-use super::metrics::HttpMetrics;
 use super::{tls, ApiState, HttpError};
+use crate::telemetry::HttpMetrics;
 
 type Builder = auto::Builder<TokioExecutor>;
 

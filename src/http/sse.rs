@@ -26,8 +26,8 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::BodyCache;
-use super::metrics::HttpMetrics;
 use super::query::EventFilter;
+use crate::telemetry::HttpMetrics;
 
 /// One SSE event: `id:`, `event:` and one `data:` line per line of `data`.
 pub fn frame(id: Option<u64>, event: &str, data: &str) -> Bytes {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use pipeline::{Input, Registry, RegistryConfig, ServiceMode, ServiceSpec};
@@ -17,6 +17,7 @@ use rabbitmq_stream_client::types::{OffsetSpecification, SimpleValue};
 use rabbitmq_stream_client::{Consumer, Environment, FilterConfiguration};
 use swarm_registry::broker::{BrokerConfig, Endpoint, Secret, Tuning};
 use tokio::sync::RwLock;
+use tokio::time::Instant;
 
 /// The test bed's stream port.
 pub const STREAM_PORT: u16 = 5552;
@@ -344,11 +345,11 @@ pub fn spawn_publisher(
     config: &BrokerConfig,
     registry: &Registry,
 ) -> (
-    Arc<swarm_registry::status::PublisherState>,
+    Arc<swarm_registry::telemetry::PublisherState>,
     tokio_util::sync::CancellationToken,
     tokio::task::JoinHandle<()>,
 ) {
-    let state = Arc::new(swarm_registry::status::PublisherState::enabled(
+    let state = Arc::new(swarm_registry::telemetry::PublisherState::enabled(
         &config.stream,
     ));
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -18,7 +18,7 @@ use pipeline::{Input, Metrics, Registry, RegistryConfig, ServiceMode, ServiceSpe
 use serde_json::Value;
 use swarm_registry::control::{ControlError, SampleRequest, SourceCommands, SourceControl};
 use swarm_registry::http::{self as api, ApiState, HttpConfig, HttpError};
-use swarm_registry::status::{PublisherState, SourceCounters};
+use swarm_registry::telemetry::{PublisherState, SourceCounters};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use pipeline::{Registry, RegistryConfig, Snapshot};
 use swarm_registry::control::SourceControl;
 use swarm_registry::docker::{Engine, SwarmConfig};
-use swarm_registry::status::SourceCounters;
+use swarm_registry::telemetry::SourceCounters;
 use tokio_util::sync::CancellationToken;
 
 pub const IMAGE: &str = "local/busybox:1";

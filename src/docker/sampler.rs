@@ -1,4 +1,4 @@
-//! Sampling the load of registered services from container stats.
+//! The sampler: the load of registered services, from container stats.
 //!
 //! A round lists each service's running tasks, reads the stats of all their containers at
 //! once (bounded concurrency, each call bounded in time), and folds one metrics input per
@@ -21,7 +21,7 @@ use super::config::SwarmConfig;
 use super::engine::{Engine, EngineError, RunningTask, StatsReading};
 use super::stats::{summarize, task_figures, ReadingCache, TaskFigures};
 use crate::control::{ControlError, SampleRequest};
-use crate::status::SourceCounters;
+use crate::telemetry::SourceCounters;
 
 /// One service's outcome of a sampling pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,7 +236,7 @@ impl<E: Engine> Sampler<E> {
 }
 
 /// The periodic rounds and the forced samples.
-pub struct MetricsLoop<E: Engine> {
+pub struct SamplingLoop<E: Engine> {
     sampler: Sampler<E>,
     registry: Registry,
     interval: std::time::Duration,
@@ -245,9 +245,9 @@ pub struct MetricsLoop<E: Engine> {
     failure: Option<String>,
 }
 
-impl<E: Engine> MetricsLoop<E> {
+impl<E: Engine> SamplingLoop<E> {
     pub fn new(sampler: Sampler<E>, registry: Registry, config: &SwarmConfig) -> Self {
-        MetricsLoop {
+        SamplingLoop {
             sampler,
             registry,
             interval: config.metrics_interval,
