@@ -792,6 +792,33 @@ mod tests {
         assert!(text.contains("STALE_AFTER_SEC=  (unset: "), "{text}");
     }
 
+    /// The README's configuration table lists every setting, each once, with the catalogue's
+    /// default (or as unset with the catalogue's meaning), and nothing else.
+    #[test]
+    fn the_readme_table_is_the_catalogue() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Configuration").unwrap()..];
+        let section = &section[..section.find("\n## ").unwrap()];
+        let rows: Vec<(&str, &str)> = section
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split(" | ");
+                let name = cells.next()?.strip_prefix("| `")?.strip_suffix('`')?;
+                Some((name, cells.next()?))
+            })
+            .collect();
+        let names: Vec<&str> = rows.iter().map(|(name, _)| *name).collect();
+        let catalogue: Vec<&str> = all_settings().map(|s| s.name).collect();
+        assert_eq!(names, catalogue);
+        for (setting, (_, default)) in all_settings().zip(&rows) {
+            let expected = match setting.fallback {
+                Fallback::Value(value) => format!("`{value}`"),
+                Fallback::Unset(meaning) => format!("unset ({meaning})"),
+            };
+            assert_eq!(*default, expected, "{}", setting.name);
+        }
+    }
+
     #[test]
     fn flags_are_the_names_in_kebab_case() {
         assert_eq!(
