@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod docker;

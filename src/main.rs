@@ -1,18 +1,23 @@
-//! The `swarm-registry` binary: reads configuration, starts the pipeline and its edges, and
-//! stops them all on SIGTERM or SIGINT.
+//! The `swarm-registry` binary: `serve` (the default) reads configuration, starts the pipeline
+//! and its edges, and stops them all on SIGTERM or SIGINT; `check-config` and `healthcheck`
+//! answer and exit.
 //!
-//! Wiring only: every behaviour lives in the library (see ARCHITECTURE.md).
+//! Wiring only: every behaviour lives in the library (see ARCHITECTURE.md, `cli.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
+use clap::Parser;
 use pipeline::{Input, LabelRules, Registry, RegistryConfig};
-use swarm_registry::broker::{self, BrokerConfig};
-use swarm_registry::config::{CoreConfig, Vars};
+use swarm_registry::broker;
+use swarm_registry::cli::{self, Cli, Command, HealthcheckArgs};
+use swarm_registry::config::{Settings, Vars};
 use swarm_registry::control::SourceControl;
-use swarm_registry::docker::{self, SwarmConfig};
-use swarm_registry::http::{self, ApiState, HttpConfig};
+use swarm_registry::docker;
+use swarm_registry::http::{self, ApiState};
 use swarm_registry::logging;
 use swarm_registry::telemetry::{PublisherState, SourceCounters};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +30,32 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long tasks abandoned after the grace may hold the runtime before the process exits.
 const RUNTIME_STOP: Duration = Duration::from_secs(1);
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
+    // A usage error exits 2 here, before anything starts; --help and --version exit 0.
+    let cli = Cli::parse();
+    let vars = cli.settings.vars;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&vars),
+        Command::CheckConfig => check_config(&vars),
+        Command::Healthcheck(args) => healthcheck(&vars, &args),
+    }
+}
+
+/// Every bad setting, one line each, on stderr.
+fn report_config_errors(errors: &swarm_registry::config::ConfigErrors) {
+    for error in errors.iter() {
+        eprintln!("swarm-registry: configuration: {error}");
+    }
+}
+
+fn serve(vars: &Vars) -> ExitCode {
+    let settings = match Settings::from_vars(vars) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            report_config_errors(&errors);
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,38 +63,73 @@ fn main() -> std::process::ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("swarm-registry: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run());
+    let result = runtime.block_on(run(settings));
     // A task abandoned after the grace (or a blocking call it left behind) must not keep the
     // process alive: dropping the runtime would wait for it without bound.
     runtime.shutdown_timeout(RUNTIME_STOP);
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("swarm-registry: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-/// Every setting, read and checked before anything starts.
-struct Settings {
-    core: CoreConfig,
-    swarm: SwarmConfig,
-    http: HttpConfig,
-    broker: Option<BrokerConfig>,
+/// `check-config`: the effective configuration on stdout (exit 0), or every error (exit 1).
+fn check_config(vars: &Vars) -> ExitCode {
+    match Settings::from_vars(vars) {
+        Ok(_) => {
+            print!("{}", Settings::describe(vars));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            report_config_errors(&errors);
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn settings(vars: &Vars) -> anyhow::Result<Settings> {
-    Ok(Settings {
-        core: CoreConfig::from_vars(vars)?,
-        swarm: SwarmConfig::from_vars(vars)?,
-        http: HttpConfig::from_vars(vars)?,
-        broker: BrokerConfig::from_vars(vars)?,
-    })
+/// `healthcheck`: exit 0 when the registry answers 2xx, 1 otherwise.
+fn healthcheck(vars: &Vars, args: &HealthcheckArgs) -> ExitCode {
+    let target = match args.target(vars) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("swarm-registry healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("swarm-registry healthcheck: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = Duration::from_secs(args.timeout_sec.max(1));
+    let answer = runtime.block_on(cli::probe(&target, timeout));
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    match answer {
+        Ok(status) if status.is_success() => {
+            println!("{target}: {status}");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("swarm-registry healthcheck: {target}: {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("swarm-registry healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// How long the edges get after a stop signal: the HTTP drain bound (SHUTDOWN_GRACE_SEC) and
@@ -77,10 +142,8 @@ fn shutdown_grace(settings: &Settings) -> Duration {
     SHUTDOWN_GRACE.max(settings.http.shutdown_grace).max(flush)
 }
 
-async fn run() -> anyhow::Result<()> {
-    let vars = Vars::from_env();
-    let settings = settings(&vars).context("configuration")?;
-    logging::init(&settings.core.log_level);
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    logging::init(&settings.core.log_level, settings.core.log_format);
     let grace = shutdown_grace(&settings);
 
     // Revisions keep rising across restarts: above the clock, and above whatever the broker
@@ -101,9 +164,15 @@ async fn run() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let listener = http::bind(&settings.http).await?;
+    let sinks = match &settings.broker {
+        Some(config) => format!("http,sse,rabbitmq:{}@{}", config.stream, config.endpoint),
+        None => "http,sse".to_owned(),
+    };
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        source = %settings.swarm.docker_url,
+        sinks = %sinks,
         listen = %settings.http.listen,
-        docker = %settings.swarm.docker_url,
         revision_floor = floor,
         "service registry initialized"
     );
@@ -129,10 +198,8 @@ async fn run() -> anyhow::Result<()> {
             ));
             state
         }
-        None => {
-            tracing::info!("RABBITMQ_URL is not set: publishing to a broker is off");
-            Arc::new(PublisherState::disabled())
-        }
+        // Publishing is off (RABBITMQ_URL unset): the start-up line's sinks say so.
+        None => Arc::new(PublisherState::disabled()),
     };
 
     tasks.spawn(health_beacon(
@@ -208,7 +275,7 @@ mod tests {
     #[test]
     fn the_grace_covers_the_http_drain_and_the_publishers_flush() {
         let grace = |pairs: &[(&str, &str)]| {
-            shutdown_grace(&settings(&Vars::from_pairs(pairs.iter().copied())).unwrap())
+            shutdown_grace(&Settings::from_vars(&Vars::from_pairs(pairs.iter().copied())).unwrap())
         };
         assert_eq!(grace(&[]), SHUTDOWN_GRACE);
         assert_eq!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use percent_encoding::percent_decode_str;
 use url::Url;
 
-use crate::config::{ConfigError, Vars};
+use crate::config::{Checks, ConfigError, ConfigErrors, Secrecy, Setting, Vars};
 
 /// The variable that turns publishing on and says where the broker is.
 pub const URL_VAR: &str = "RABBITMQ_URL";
@@ -83,13 +83,18 @@ pub struct Tuning {
 }
 
 impl Default for Tuning {
+    /// Every setting at its catalogue default.
     fn default() -> Self {
         Tuning {
-            outbox_capacity: 10_000,
-            batch_size: 1_000,
-            timeout: Duration::from_secs(5),
-            reconnect_min: Duration::from_millis(250),
-            reconnect_max: Duration::from_secs(10),
+            outbox_capacity: const { RABBITMQ_OUTBOX_CAPACITY.default_number() } as usize,
+            batch_size: const { RABBITMQ_BATCH_SIZE.default_number() } as usize,
+            timeout: Duration::from_millis(const { RABBITMQ_TIMEOUT_MS.default_number() }),
+            reconnect_min: Duration::from_millis(
+                const { RABBITMQ_RECONNECT_MIN_MS.default_number() },
+            ),
+            reconnect_max: Duration::from_millis(
+                const { RABBITMQ_RECONNECT_MAX_MS.default_number() },
+            ),
         }
     }
 }
@@ -111,91 +116,128 @@ pub struct BrokerConfig {
     pub mapped_from_amqp: Option<u16>,
 }
 
+pub const RABBITMQ_URL: Setting = Setting::unset(
+    URL_VAR,
+    "publishing off",
+    "`rabbitmq-stream://user:pass@host:5552/vhost`, or `amqp://...` (mapped to the stream port)",
+)
+.secret(Secrecy::UrlPassword);
+pub const RABBITMQ_URL_FILE: Setting = Setting::unset(
+    "RABBITMQ_URL_FILE",
+    "RABBITMQ_URL as given",
+    "a file holding RABBITMQ_URL (Docker secrets); not together with RABBITMQ_URL",
+);
+pub const RABBITMQ_STREAM_PORT: Setting = Setting::new(
+    "RABBITMQ_STREAM_PORT",
+    "5552",
+    "the port an `amqp://` URL is mapped to",
+);
+pub const RABBITMQ_EXCHANGE: Setting =
+    Setting::new("RABBITMQ_EXCHANGE", "service-registry", "the stream's name");
+pub const RABBITMQ_PRODUCER_NAME: Setting = Setting::new(
+    "RABBITMQ_PRODUCER_NAME",
+    "service-registry",
+    "the deduplicating producer's name (one per running registry)",
+);
 /// 1 GiB: plenty of history for small change messages, bounded so the broker's disk is safe.
-const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-/// One week.
-const DEFAULT_MAX_AGE_SEC: u64 = 7 * 24 * 3600;
+pub const RABBITMQ_STREAM_MAX_BYTES: Setting = Setting::new(
+    "RABBITMQ_STREAM_MAX_BYTES",
+    "1073741824",
+    "retention by size (1 GiB)",
+);
+pub const RABBITMQ_STREAM_MAX_AGE_SEC: Setting = Setting::new(
+    "RABBITMQ_STREAM_MAX_AGE_SEC",
+    "604800",
+    "retention by age (7 days)",
+);
+pub const RABBITMQ_OUTBOX_CAPACITY: Setting = Setting::new(
+    "RABBITMQ_OUTBOX_CAPACITY",
+    "10000",
+    "changes kept while the broker is away (then the oldest give way to one resync)",
+);
+pub const RABBITMQ_BATCH_SIZE: Setting =
+    Setting::new("RABBITMQ_BATCH_SIZE", "1000", "changes per batch");
+pub const RABBITMQ_TIMEOUT_MS: Setting = Setting::new(
+    "RABBITMQ_TIMEOUT_MS",
+    "5000",
+    "bound on connecting and on each batch's confirms",
+);
+pub const RABBITMQ_RECONNECT_MIN_MS: Setting = Setting::new(
+    "RABBITMQ_RECONNECT_MIN_MS",
+    "250",
+    "first pause before reconnecting to the broker (at least 1)",
+);
+pub const RABBITMQ_RECONNECT_MAX_MS: Setting = Setting::new(
+    "RABBITMQ_RECONNECT_MAX_MS",
+    "10000",
+    "longest pause before reconnecting (at least RABBITMQ_RECONNECT_MIN_MS)",
+);
+
+/// The publisher's settings, in the order the README lists them.
+pub const SETTINGS: &[Setting] = &[
+    RABBITMQ_URL,
+    RABBITMQ_URL_FILE,
+    RABBITMQ_STREAM_PORT,
+    RABBITMQ_EXCHANGE,
+    RABBITMQ_PRODUCER_NAME,
+    RABBITMQ_STREAM_MAX_BYTES,
+    RABBITMQ_STREAM_MAX_AGE_SEC,
+    RABBITMQ_OUTBOX_CAPACITY,
+    RABBITMQ_BATCH_SIZE,
+    RABBITMQ_TIMEOUT_MS,
+    RABBITMQ_RECONNECT_MIN_MS,
+    RABBITMQ_RECONNECT_MAX_MS,
+];
 
 impl BrokerConfig {
-    /// The publisher's settings, or `None` when RABBITMQ_URL is empty (publishing off).
-    ///
-    /// | variable | default | meaning |
-    /// | --- | --- | --- |
-    /// | RABBITMQ_URL | empty (off) | `rabbitmq-stream://user:pass@host:5552/vhost` or `amqp://…:5672/…` |
-    /// | RABBITMQ_STREAM_PORT | 5552 | the stream port an `amqp://` URL is mapped to |
-    /// | RABBITMQ_EXCHANGE | service-registry | the stream's name |
-    /// | RABBITMQ_PRODUCER_NAME | service-registry | the deduplicating producer's name |
-    /// | RABBITMQ_STREAM_MAX_BYTES | 1073741824 | retention by size |
-    /// | RABBITMQ_STREAM_MAX_AGE_SEC | 604800 | retention by age |
-    /// | RABBITMQ_OUTBOX_CAPACITY | 10000 | changes kept while the broker is away |
-    /// | RABBITMQ_BATCH_SIZE | 1000 | changes per batch |
-    /// | RABBITMQ_TIMEOUT_MS | 5000 | bound on connecting and on each batch's confirms |
-    /// | RABBITMQ_RECONNECT_MIN_MS | 250 | first reconnection delay |
-    /// | RABBITMQ_RECONNECT_MAX_MS | 10000 | cap of the reconnection delay |
-    pub fn from_vars(vars: &Vars) -> Result<Option<BrokerConfig>, ConfigError> {
+    /// The publisher's settings ([`SETTINGS`]), or `None` when RABBITMQ_URL is empty
+    /// (publishing off; the other settings are then not read).
+    pub fn from_vars(vars: &Vars) -> Result<Option<BrokerConfig>, ConfigErrors> {
         let Some(raw) = vars.get(URL_VAR) else {
             return Ok(None);
         };
-        let stream_port = vars.number("RABBITMQ_STREAM_PORT", 5552, 1)?;
-        let stream_port = u16::try_from(stream_port).map_err(|_| {
-            ConfigError::new(
-                "RABBITMQ_STREAM_PORT",
-                &stream_port.to_string(),
-                "must be a TCP port (1-65535)",
-            )
-        })?;
-        let parsed = parse_url(raw, stream_port)
-            .map_err(|reason| ConfigError::new(URL_VAR, &redact_url(raw), reason))?;
-        let stream = vars.string("RABBITMQ_EXCHANGE", "service-registry");
-        check_name("RABBITMQ_EXCHANGE", &stream)?;
-        let producer_name = vars.string("RABBITMQ_PRODUCER_NAME", "service-registry");
-        check_name("RABBITMQ_PRODUCER_NAME", &producer_name)?;
-        let defaults = Tuning::default();
-        let reconnect_min = vars.millis(
-            "RABBITMQ_RECONNECT_MIN_MS",
-            defaults.reconnect_min.as_millis() as u64,
-        )?;
-        let reconnect_max = vars.millis(
-            "RABBITMQ_RECONNECT_MAX_MS",
-            defaults.reconnect_max.as_millis() as u64,
-        )?;
-        if reconnect_max < reconnect_min {
-            return Err(ConfigError::new(
-                "RABBITMQ_RECONNECT_MAX_MS",
-                &reconnect_max.as_millis().to_string(),
-                "must not be below RABBITMQ_RECONNECT_MIN_MS",
-            ));
-        }
-        let timeout = vars.millis("RABBITMQ_TIMEOUT_MS", defaults.timeout.as_millis() as u64)?;
-        if timeout.is_zero() {
-            return Err(ConfigError::new(
-                "RABBITMQ_TIMEOUT_MS",
-                "0",
-                "must be at least 1",
-            ));
-        }
-        Ok(Some(BrokerConfig {
+        let mut checks = Checks::default();
+        let stream_port = checks
+            .ok(vars.number(&RABBITMQ_STREAM_PORT, 1))
+            .and_then(|port| {
+                checks.ok(u16::try_from(port).map_err(|_| {
+                    ConfigError::new(
+                        RABBITMQ_STREAM_PORT.name,
+                        &port.to_string(),
+                        "must be a TCP port (1-65535)",
+                    )
+                }))
+            })
+            .unwrap_or(const { RABBITMQ_STREAM_PORT.default_number() } as u16);
+        let parsed = checks.ok(parse_url(raw, stream_port)
+            .map_err(|reason| ConfigError::new(URL_VAR, &redact_url(raw), reason)));
+        let stream = vars.string(&RABBITMQ_EXCHANGE);
+        checks.take(check_name(RABBITMQ_EXCHANGE.name, &stream));
+        let producer_name = vars.string(&RABBITMQ_PRODUCER_NAME);
+        checks.take(check_name(RABBITMQ_PRODUCER_NAME.name, &producer_name));
+        let (reconnect_min, reconnect_max) = checks
+            .ok_all(vars.reconnect_bounds(&RABBITMQ_RECONNECT_MIN_MS, &RABBITMQ_RECONNECT_MAX_MS))
+            .unwrap_or_default();
+        let tuning = Tuning {
+            outbox_capacity: checks.take(vars.number(&RABBITMQ_OUTBOX_CAPACITY, 1)) as usize,
+            batch_size: checks.take(vars.number(&RABBITMQ_BATCH_SIZE, 1)) as usize,
+            timeout: checks.take(vars.millis_at_least(&RABBITMQ_TIMEOUT_MS, 1)),
+            reconnect_min,
+            reconnect_max,
+        };
+        let retention = Retention {
+            max_bytes: checks.take(vars.number(&RABBITMQ_STREAM_MAX_BYTES, 1)),
+            max_age: checks.take(vars.seconds(&RABBITMQ_STREAM_MAX_AGE_SEC)),
+        };
+        let config = parsed.map(|parsed| BrokerConfig {
             mapped_from_amqp: parsed.mapped_from_amqp,
             endpoint: parsed.endpoint,
             stream,
             producer_name,
-            retention: Retention {
-                max_bytes: vars.number("RABBITMQ_STREAM_MAX_BYTES", DEFAULT_MAX_BYTES, 1)?,
-                max_age: vars.seconds("RABBITMQ_STREAM_MAX_AGE_SEC", DEFAULT_MAX_AGE_SEC)?,
-            },
-            tuning: Tuning {
-                outbox_capacity: vars.number(
-                    "RABBITMQ_OUTBOX_CAPACITY",
-                    defaults.outbox_capacity as u64,
-                    1,
-                )? as usize,
-                batch_size: vars.number("RABBITMQ_BATCH_SIZE", defaults.batch_size as u64, 1)?
-                    as usize,
-                timeout,
-                reconnect_min,
-                reconnect_max,
-            },
-        }))
+            retention,
+            tuning,
+        });
+        checks.finish_some(config).map(Some)
     }
 
     /// A configuration for `endpoint` with every other setting at its default.
@@ -205,8 +247,10 @@ impl BrokerConfig {
             stream: stream.to_owned(),
             producer_name: producer_name.to_owned(),
             retention: Retention {
-                max_bytes: DEFAULT_MAX_BYTES,
-                max_age: Duration::from_secs(DEFAULT_MAX_AGE_SEC),
+                max_bytes: const { RABBITMQ_STREAM_MAX_BYTES.default_number() },
+                max_age: Duration::from_secs(
+                    const { RABBITMQ_STREAM_MAX_AGE_SEC.default_number() },
+                ),
             },
             tuning: Tuning::default(),
             mapped_from_amqp: None,
@@ -335,6 +379,7 @@ mod tests {
 
     fn config(pairs: &[(&str, &str)]) -> Result<Option<BrokerConfig>, ConfigError> {
         BrokerConfig::from_vars(&Vars::from_pairs(pairs.iter().copied()))
+            .map_err(|e| e.first().clone())
     }
 
     #[test]

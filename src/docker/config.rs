@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ConfigError, Vars};
+use crate::config::{Checks, ConfigError, ConfigErrors, Setting, Vars};
 
 /// How the Swarm source talks to the engine and how often it looks.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,21 +38,101 @@ pub struct SwarmConfig {
     pub stats_window: Duration,
 }
 
+pub const DOCKER_BASE_URL: Setting = Setting::new(
+    "DOCKER_BASE_URL",
+    "unix:///var/run/docker.sock",
+    "unix://, tcp://, http://, https:// (certificates from `DOCKER_CERT_PATH`)",
+);
+pub const DOCKER_TIMEOUT_SEC: Setting = Setting::new(
+    "DOCKER_TIMEOUT_SEC",
+    "10",
+    "bound on every engine request, in seconds",
+);
+pub const REFRESH_INTERVAL_SEC: Setting = Setting::new(
+    "REFRESH_INTERVAL_SEC",
+    "30",
+    "seconds between authoritative full lists (events keep the registry current in between)",
+);
+pub const METRICS_REFRESH_INTERVAL_SEC: Setting = Setting::new(
+    "METRICS_REFRESH_INTERVAL_SEC",
+    "60",
+    "seconds between stats samplings of every registered service",
+);
+pub const EVENT_DEBOUNCE_MS: Setting = Setting::new(
+    "EVENT_DEBOUNCE_MS",
+    "100",
+    "quiet window for coalescing a burst of events into one inspect",
+);
+pub const EVENT_DEBOUNCE_MAX_MS: Setting = Setting::new(
+    "EVENT_DEBOUNCE_MAX_MS",
+    "1000",
+    "longest an event waits in a burst before its inspect (at least EVENT_DEBOUNCE_MS)",
+);
+pub const EVENT_RECONNECT_MIN_MS: Setting = Setting::new(
+    "EVENT_RECONNECT_MIN_MS",
+    "100",
+    "first pause before reopening the event stream (at least 1)",
+);
+pub const EVENT_RECONNECT_MAX_MS: Setting = Setting::new(
+    "EVENT_RECONNECT_MAX_MS",
+    "1000",
+    "longest pause before reopening the event stream (at least EVENT_RECONNECT_MIN_MS)",
+);
+pub const WATCHDOG_GRACE_MS: Setting = Setting::new(
+    "WATCHDOG_GRACE_MS",
+    "1000",
+    "how late an event may explain a difference a poll found before the stream counts as stalled",
+);
+pub const STATS_CONCURRENCY: Setting = Setting::new(
+    "STATS_CONCURRENCY",
+    "8",
+    "container stats calls in flight at once",
+);
+pub const STATS_TIMEOUT_MS: Setting = Setting::new(
+    "STATS_TIMEOUT_MS",
+    "2000",
+    "bound on one container stats call",
+);
+pub const STATS_WINDOW_MS: Setting = Setting::new(
+    "STATS_WINDOW_MS",
+    "500",
+    "gap between two stats readings when no older reading exists",
+);
+
+/// The Swarm source's settings, in the order the README lists them.
+pub const SETTINGS: &[Setting] = &[
+    DOCKER_BASE_URL,
+    DOCKER_TIMEOUT_SEC,
+    REFRESH_INTERVAL_SEC,
+    METRICS_REFRESH_INTERVAL_SEC,
+    EVENT_DEBOUNCE_MS,
+    EVENT_DEBOUNCE_MAX_MS,
+    EVENT_RECONNECT_MIN_MS,
+    EVENT_RECONNECT_MAX_MS,
+    WATCHDOG_GRACE_MS,
+    STATS_CONCURRENCY,
+    STATS_TIMEOUT_MS,
+    STATS_WINDOW_MS,
+];
+
 impl Default for SwarmConfig {
+    /// Every setting at its catalogue default.
     fn default() -> Self {
         SwarmConfig {
-            docker_url: "unix:///var/run/docker.sock".to_owned(),
-            request_timeout: Duration::from_secs(10),
-            refresh_interval: Duration::from_secs(30),
-            metrics_interval: Duration::from_secs(60),
-            debounce_quiet: Duration::from_millis(100),
-            debounce_max: Duration::from_millis(1000),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_millis(1000),
-            watchdog_grace: Duration::from_millis(1000),
-            stats_concurrency: 8,
-            stats_timeout: Duration::from_millis(2000),
-            stats_window: Duration::from_millis(500),
+            docker_url: DOCKER_BASE_URL.default_text().to_owned(),
+            request_timeout: Duration::from_secs(const { DOCKER_TIMEOUT_SEC.default_number() }),
+            refresh_interval: Duration::from_secs(const { REFRESH_INTERVAL_SEC.default_number() }),
+            metrics_interval: Duration::from_secs(
+                const { METRICS_REFRESH_INTERVAL_SEC.default_number() },
+            ),
+            debounce_quiet: Duration::from_millis(const { EVENT_DEBOUNCE_MS.default_number() }),
+            debounce_max: Duration::from_millis(const { EVENT_DEBOUNCE_MAX_MS.default_number() }),
+            reconnect_min: Duration::from_millis(const { EVENT_RECONNECT_MIN_MS.default_number() }),
+            reconnect_max: Duration::from_millis(const { EVENT_RECONNECT_MAX_MS.default_number() }),
+            watchdog_grace: Duration::from_millis(const { WATCHDOG_GRACE_MS.default_number() }),
+            stats_concurrency: const { STATS_CONCURRENCY.default_number() } as usize,
+            stats_timeout: Duration::from_millis(const { STATS_TIMEOUT_MS.default_number() }),
+            stats_window: Duration::from_millis(const { STATS_WINDOW_MS.default_number() }),
         }
     }
 }
@@ -60,45 +140,45 @@ impl Default for SwarmConfig {
 const SCHEMES: [&str; 4] = ["unix://", "tcp://", "http://", "https://"];
 
 impl SwarmConfig {
-    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
-        let d = SwarmConfig::default();
-        let docker_url = vars.string("DOCKER_BASE_URL", &d.docker_url);
+    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigErrors> {
+        let mut checks = Checks::default();
+        let docker_url = vars.string(&DOCKER_BASE_URL);
         if !SCHEMES.iter().any(|s| docker_url.starts_with(s)) {
-            return Err(ConfigError::new(
-                "DOCKER_BASE_URL",
+            checks.push(ConfigError::new(
+                DOCKER_BASE_URL.name,
                 &docker_url,
                 "expected a unix://, tcp://, http:// or https:// address",
             ));
         }
+        let debounce_quiet = checks.ok(vars.millis(&EVENT_DEBOUNCE_MS));
+        let debounce_max = checks.ok(vars.millis(&EVENT_DEBOUNCE_MAX_MS));
+        if let (Some(quiet), Some(max)) = (debounce_quiet, debounce_max) {
+            if max < quiet {
+                checks.push(ConfigError::new(
+                    EVENT_DEBOUNCE_MAX_MS.name,
+                    &max.as_millis().to_string(),
+                    "must be at least EVENT_DEBOUNCE_MS",
+                ));
+            }
+        }
+        let (reconnect_min, reconnect_max) = checks
+            .ok_all(vars.reconnect_bounds(&EVENT_RECONNECT_MIN_MS, &EVENT_RECONNECT_MAX_MS))
+            .unwrap_or_default();
         let config = SwarmConfig {
             docker_url,
-            request_timeout: vars.seconds("DOCKER_TIMEOUT_SEC", 10)?,
-            refresh_interval: vars.seconds("REFRESH_INTERVAL_SEC", 30)?,
-            metrics_interval: vars.seconds("METRICS_REFRESH_INTERVAL_SEC", 60)?,
-            debounce_quiet: vars.millis("EVENT_DEBOUNCE_MS", 100)?,
-            debounce_max: vars.millis("EVENT_DEBOUNCE_MAX_MS", 1000)?,
-            reconnect_min: vars.millis_at_least("EVENT_RECONNECT_MIN_MS", 100, 1)?,
-            reconnect_max: vars.millis_at_least("EVENT_RECONNECT_MAX_MS", 1000, 1)?,
-            watchdog_grace: vars.millis("WATCHDOG_GRACE_MS", 1000)?,
-            stats_concurrency: vars.number("STATS_CONCURRENCY", 8, 1)? as usize,
-            stats_timeout: vars.millis_at_least("STATS_TIMEOUT_MS", 2000, 1)?,
-            stats_window: vars.millis_at_least("STATS_WINDOW_MS", 500, 1)?,
+            request_timeout: checks.take(vars.seconds(&DOCKER_TIMEOUT_SEC)),
+            refresh_interval: checks.take(vars.seconds(&REFRESH_INTERVAL_SEC)),
+            metrics_interval: checks.take(vars.seconds(&METRICS_REFRESH_INTERVAL_SEC)),
+            debounce_quiet: debounce_quiet.unwrap_or_default(),
+            debounce_max: debounce_max.unwrap_or_default(),
+            reconnect_min,
+            reconnect_max,
+            watchdog_grace: checks.take(vars.millis(&WATCHDOG_GRACE_MS)),
+            stats_concurrency: checks.take(vars.number(&STATS_CONCURRENCY, 1)) as usize,
+            stats_timeout: checks.take(vars.millis_at_least(&STATS_TIMEOUT_MS, 1)),
+            stats_window: checks.take(vars.millis_at_least(&STATS_WINDOW_MS, 1)),
         };
-        if config.debounce_max < config.debounce_quiet {
-            return Err(ConfigError::new(
-                "EVENT_DEBOUNCE_MAX_MS",
-                &config.debounce_max.as_millis().to_string(),
-                "must be at least EVENT_DEBOUNCE_MS",
-            ));
-        }
-        if config.reconnect_max < config.reconnect_min {
-            return Err(ConfigError::new(
-                "EVENT_RECONNECT_MAX_MS",
-                &config.reconnect_max.as_millis().to_string(),
-                "must be at least EVENT_RECONNECT_MIN_MS",
-            ));
-        }
-        Ok(config)
+        checks.finish(config)
     }
 }
 
@@ -128,16 +208,16 @@ mod tests {
 
         let e = SwarmConfig::from_vars(&Vars::from_pairs([("DOCKER_BASE_URL", "/var/run/x")]))
             .unwrap_err();
-        assert_eq!(e.name, "DOCKER_BASE_URL");
+        assert_eq!(e.first().name, "DOCKER_BASE_URL");
         let e = SwarmConfig::from_vars(&Vars::from_pairs([
             ("EVENT_DEBOUNCE_MS", "500"),
             ("EVENT_DEBOUNCE_MAX_MS", "100"),
         ]))
         .unwrap_err();
-        assert_eq!(e.name, "EVENT_DEBOUNCE_MAX_MS");
+        assert_eq!(e.first().name, "EVENT_DEBOUNCE_MAX_MS");
         let e =
             SwarmConfig::from_vars(&Vars::from_pairs([("STATS_CONCURRENCY", "0")])).unwrap_err();
-        assert_eq!(e.name, "STATS_CONCURRENCY");
+        assert_eq!(e.first().name, "STATS_CONCURRENCY");
     }
 
     #[test]
@@ -157,6 +237,7 @@ mod tests {
         ] {
             let e =
                 SwarmConfig::from_vars(&Vars::from_pairs([(name, huge.as_str())])).expect_err(name);
+            let e = e.first();
             assert_eq!((e.name.as_str(), e.value.as_str()), (name, huge.as_str()));
             assert_eq!(e.reason, "must be at most a year");
         }

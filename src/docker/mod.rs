@@ -99,9 +99,8 @@ pub async fn run_with_engine<E: Engine>(
         .run(refreshes, shutdown.clone()),
     );
     let sampler = Sampler::new(engine, counters, &config);
-    let sampling = tokio::spawn(
-        SamplingLoop::new(sampler, registry, &config).run(samples, shutdown.clone()),
-    );
+    let sampling =
+        tokio::spawn(SamplingLoop::new(sampler, registry, &config).run(samples, shutdown.clone()));
     let _ = sync.await;
     let _ = sampling.await;
 }

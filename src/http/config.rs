@@ -4,13 +4,13 @@
 //! raised without a rebuild because the right figure depends on how many SSE subscribers and
 //! proxies sit in front of it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::config::{ConfigError, Vars};
+use crate::config::{Checks, ConfigError, ConfigErrors, Secrecy, Setting, Vars};
 
 /// hyper refuses (by panicking) a header buffer smaller than this, so it is our floor too.
 pub const MIN_HEADER_BYTES: u64 = 8192;
@@ -28,146 +28,261 @@ pub struct TlsFiles {
 /// How the HTTP server listens and what it tolerates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
-    /// HOST and PORT: where to listen (default 0.0.0.0:5001, the original registry's port).
+    /// HOST and PORT: where to listen (the original registry listens on 5001).
     pub listen: SocketAddr,
     /// API_TOKEN: when set, POST endpoints need `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
     /// TLS_CERT_FILE and TLS_KEY_FILE: serve TLS (ALPN h2, http/1.1) instead of cleartext.
     pub tls: Option<TlsFiles>,
-    /// SSE_HEARTBEAT_SEC: how often an idle event stream gets a comment line (default 15), so
+    /// SSE_HEARTBEAT_SEC: how often an idle event stream gets a comment line, so
     /// proxies and HTTP/1.1 clients do not take it for dead.
     pub sse_heartbeat: Duration,
-    /// SSE_RETRY_MS: the reconnection delay suggested to event-stream clients (default 2000).
+    /// SSE_RETRY_MS: the reconnection delay suggested to event-stream clients.
     pub sse_retry: Duration,
     /// STALE_AFTER_SEC: data counts as stale when the engine has not answered for this long.
     /// Unset: three refresh intervals (polls happen every interval, so two missed polls).
     pub stale_after: Option<Duration>,
-    /// MAX_CONNECTIONS: open connections at most (default 4096); further clients wait in the
+    /// MAX_CONNECTIONS: open connections at most; further clients wait in the
     /// listen backlog rather than exhausting file descriptors.
     pub max_connections: usize,
     /// MAX_HEADER_BYTES: the largest request head accepted over HTTP/1.1, and header list over
-    /// HTTP/2 (default 16384, at least 8192). Larger heads get 431.
+    /// HTTP/2, at least 8192. Larger heads get 431.
     pub max_header_bytes: usize,
     /// HEADER_READ_TIMEOUT_SEC: how long a client may take to send its request head, and
-    /// then its body (default 10), so slow-loris connections do not pin a connection slot.
+    /// then its body, so slow-loris connections do not pin a connection slot.
     pub header_read_timeout: Duration,
-    /// MAX_BODY_BYTES: the largest request body accepted (default 65536). No endpoint needs a
+    /// MAX_BODY_BYTES: the largest request body accepted. No endpoint needs a
     /// body; the bound keeps a client from streaming one forever.
     pub max_body_bytes: u64,
-    /// HTTP2_MAX_STREAMS: concurrent streams per HTTP/2 connection (default 1024), which bounds
+    /// HTTP2_MAX_STREAMS: concurrent streams per HTTP/2 connection, which bounds
     /// how many event streams one connection can multiplex.
     pub http2_max_streams: u32,
-    /// HTTP2_KEEPALIVE_SEC: the HTTP/2 ping interval that detects dead peers (default 30).
+    /// HTTP2_KEEPALIVE_SEC: the HTTP/2 ping interval that detects dead peers.
     pub http2_keepalive: Duration,
-    /// COMMAND_TIMEOUT_SEC: how long POST commands wait for the engine (default 30).
+    /// COMMAND_TIMEOUT_SEC: how long POST commands wait for the engine.
     pub command_timeout: Duration,
     /// SHUTDOWN_GRACE_SEC: how long in-flight requests may take after a shutdown signal
-    /// (default 10); connections still open then are dropped.
+    ///; connections still open then are dropped.
     pub shutdown_grace: Duration,
 }
 
+pub const HOST: Setting = Setting::new(
+    "HOST",
+    "0.0.0.0",
+    "address the API listens on (HTTP/1.1 and h2c on one port)",
+);
+pub const PORT: Setting = Setting::new("PORT", "5001", "port the API listens on");
+pub const TLS_CERT_FILE: Setting = Setting::unset(
+    "TLS_CERT_FILE",
+    "cleartext",
+    "PEM certificate chain; with TLS_KEY_FILE: TLS with ALPN h2 / http/1.1",
+);
+pub const TLS_KEY_FILE: Setting = Setting::unset(
+    "TLS_KEY_FILE",
+    "cleartext",
+    "PEM private key, with TLS_CERT_FILE",
+);
+pub const API_TOKEN: Setting = Setting::unset(
+    "API_TOKEN",
+    "POST endpoints are open",
+    "when set, POST endpoints need `Authorization: Bearer <token>`",
+)
+.secret(Secrecy::Secret);
+pub const API_TOKEN_FILE: Setting = Setting::unset(
+    "API_TOKEN_FILE",
+    "API_TOKEN as given",
+    "a file holding API_TOKEN (Docker secrets); not together with API_TOKEN",
+);
+pub const STALE_AFTER_SEC: Setting = Setting::unset(
+    "STALE_AFTER_SEC",
+    "3 x REFRESH_INTERVAL_SEC",
+    "data counts as stale after this many seconds without contact with the engine",
+);
+pub const SSE_HEARTBEAT_SEC: Setting = Setting::new(
+    "SSE_HEARTBEAT_SEC",
+    "15",
+    "seconds between comment lines on an idle event stream",
+);
+pub const SSE_RETRY_MS: Setting = Setting::new(
+    "SSE_RETRY_MS",
+    "2000",
+    "the `retry:` field suggested to event-stream clients",
+);
+pub const MAX_CONNECTIONS: Setting = Setting::new(
+    "MAX_CONNECTIONS",
+    "4096",
+    "open connections at most (further clients wait in the listen backlog)",
+);
+pub const MAX_HEADER_BYTES: Setting = Setting::new(
+    "MAX_HEADER_BYTES",
+    "16384",
+    "largest request head (at least 8192; 431 beyond)",
+);
+pub const MAX_BODY_BYTES: Setting = Setting::new(
+    "MAX_BODY_BYTES",
+    "65536",
+    "largest request body (413 beyond)",
+);
+pub const HEADER_READ_TIMEOUT_SEC: Setting = Setting::new(
+    "HEADER_READ_TIMEOUT_SEC",
+    "10",
+    "deadline for a request head, and again for its body (408)",
+);
+pub const COMMAND_TIMEOUT_SEC: Setting = Setting::new(
+    "COMMAND_TIMEOUT_SEC",
+    "30",
+    "deadline of a POST command (504)",
+);
+pub const SHUTDOWN_GRACE_SEC: Setting = Setting::new(
+    "SHUTDOWN_GRACE_SEC",
+    "10",
+    "how long in-flight requests may take after a stop signal",
+);
+pub const HTTP2_MAX_STREAMS: Setting = Setting::new(
+    "HTTP2_MAX_STREAMS",
+    "1024",
+    "concurrent streams per HTTP/2 connection",
+);
+pub const HTTP2_KEEPALIVE_SEC: Setting = Setting::new(
+    "HTTP2_KEEPALIVE_SEC",
+    "30",
+    "HTTP/2 ping interval, in seconds",
+);
+
+/// The HTTP server's settings, in the order the README lists them.
+pub const SETTINGS: &[Setting] = &[
+    HOST,
+    PORT,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    API_TOKEN,
+    API_TOKEN_FILE,
+    STALE_AFTER_SEC,
+    SSE_HEARTBEAT_SEC,
+    SSE_RETRY_MS,
+    MAX_CONNECTIONS,
+    MAX_HEADER_BYTES,
+    MAX_BODY_BYTES,
+    HEADER_READ_TIMEOUT_SEC,
+    COMMAND_TIMEOUT_SEC,
+    SHUTDOWN_GRACE_SEC,
+    HTTP2_MAX_STREAMS,
+    HTTP2_KEEPALIVE_SEC,
+];
+
 impl Default for HttpConfig {
+    /// Every setting at its catalogue default.
     fn default() -> Self {
         HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 5001)),
+            // HOST's default, 0.0.0.0 (an address cannot be parsed in a const; a test holds
+            // the two equal).
+            listen: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                const { PORT.default_number() } as u16,
+            ),
             api_token: None,
             tls: None,
-            sse_heartbeat: Duration::from_secs(15),
-            sse_retry: Duration::from_millis(2000),
+            sse_heartbeat: Duration::from_secs(const { SSE_HEARTBEAT_SEC.default_number() }),
+            sse_retry: Duration::from_millis(const { SSE_RETRY_MS.default_number() }),
             stale_after: None,
-            max_connections: 4096,
-            max_header_bytes: 16384,
-            header_read_timeout: Duration::from_secs(10),
-            max_body_bytes: 65536,
-            http2_max_streams: 1024,
-            http2_keepalive: Duration::from_secs(30),
-            command_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(10),
+            max_connections: const { MAX_CONNECTIONS.default_number() } as usize,
+            max_header_bytes: const { MAX_HEADER_BYTES.default_number() } as usize,
+            header_read_timeout: Duration::from_secs(
+                const { HEADER_READ_TIMEOUT_SEC.default_number() },
+            ),
+            max_body_bytes: const { MAX_BODY_BYTES.default_number() },
+            http2_max_streams: const { HTTP2_MAX_STREAMS.default_number() } as u32,
+            http2_keepalive: Duration::from_secs(const { HTTP2_KEEPALIVE_SEC.default_number() }),
+            command_timeout: Duration::from_secs(const { COMMAND_TIMEOUT_SEC.default_number() }),
+            shutdown_grace: Duration::from_secs(const { SHUTDOWN_GRACE_SEC.default_number() }),
         }
     }
 }
 
 impl HttpConfig {
-    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
-        let defaults = HttpConfig::default();
-        let host: IpAddr = vars.parse("HOST", defaults.listen.ip())?;
-        let port: u16 = vars.parse("PORT", defaults.listen.port())?;
-        let tls = match (vars.get("TLS_CERT_FILE"), vars.get("TLS_KEY_FILE")) {
+    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigErrors> {
+        let mut checks = Checks::default();
+        let host: Option<IpAddr> = checks.ok(vars.parse(&HOST));
+        let port: u16 = checks.take(vars.parse(&PORT));
+        let tls = match (vars.get(TLS_CERT_FILE.name), vars.get(TLS_KEY_FILE.name)) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: PathBuf::from(cert),
                 key: PathBuf::from(key),
             }),
             (Some(cert), None) => {
-                return Err(ConfigError::new(
-                    "TLS_CERT_FILE",
+                checks.push(ConfigError::new(
+                    TLS_CERT_FILE.name,
                     cert,
                     "TLS_KEY_FILE must be set too",
-                ))
+                ));
+                None
             }
             (None, Some(key)) => {
-                return Err(ConfigError::new(
-                    "TLS_KEY_FILE",
+                checks.push(ConfigError::new(
+                    TLS_KEY_FILE.name,
                     key,
                     "TLS_CERT_FILE must be set too",
-                ))
+                ));
+                None
             }
         };
-        let stale_after = match vars.get("STALE_AFTER_SEC") {
+        let stale_after = match vars.get(STALE_AFTER_SEC.name) {
             None => None,
-            Some(_) => Some(vars.seconds("STALE_AFTER_SEC", 0)?),
+            Some(_) => checks.ok(vars.seconds(&STALE_AFTER_SEC)),
         };
-        let http2_max_streams = vars.number(
-            "HTTP2_MAX_STREAMS",
-            u64::from(defaults.http2_max_streams),
-            1,
-        )?;
-        let http2_max_streams = u32::try_from(http2_max_streams).map_err(|_| {
-            ConfigError::new(
-                "HTTP2_MAX_STREAMS",
-                &http2_max_streams.to_string(),
-                "must fit in 32 bits",
-            )
-        })?;
-        let max_header_bytes = vars.number(
-            "MAX_HEADER_BYTES",
-            defaults.max_header_bytes as u64,
-            MIN_HEADER_BYTES,
-        )?;
+        let http2_max_streams = checks
+            .ok(vars.number(&HTTP2_MAX_STREAMS, 1))
+            .and_then(|n| {
+                checks.ok(u32::try_from(n).map_err(|_| {
+                    ConfigError::new(
+                        HTTP2_MAX_STREAMS.name,
+                        &n.to_string(),
+                        "must fit in 32 bits",
+                    )
+                }))
+            })
+            .unwrap_or_default();
+        let max_header_bytes = checks.take(vars.number(&MAX_HEADER_BYTES, MIN_HEADER_BYTES));
         if max_header_bytes > u64::from(u32::MAX) {
-            return Err(ConfigError::new(
-                "MAX_HEADER_BYTES",
+            checks.push(ConfigError::new(
+                MAX_HEADER_BYTES.name,
                 &max_header_bytes.to_string(),
                 "must fit in 32 bits",
             ));
         }
-        let max_connections = vars.number("MAX_CONNECTIONS", defaults.max_connections as u64, 1)?;
-        let max_connections = usize::try_from(max_connections)
-            .ok()
-            .filter(|n| *n <= Semaphore::MAX_PERMITS)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "MAX_CONNECTIONS",
-                    &max_connections.to_string(),
-                    format!("must be at most {}", Semaphore::MAX_PERMITS),
-                )
-            })?;
-        Ok(HttpConfig {
-            listen: SocketAddr::new(host, port),
-            api_token: vars.get("API_TOKEN").map(str::to_owned),
+        let max_connections = checks
+            .ok(vars.number(&MAX_CONNECTIONS, 1))
+            .and_then(|n| {
+                checks.ok(usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= Semaphore::MAX_PERMITS)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            MAX_CONNECTIONS.name,
+                            &n.to_string(),
+                            format!("must be at most {}", Semaphore::MAX_PERMITS),
+                        )
+                    }))
+            })
+            .unwrap_or_default();
+        let config = HttpConfig {
+            listen: SocketAddr::new(host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), port),
+            api_token: vars.get(API_TOKEN.name).map(str::to_owned),
             tls,
-            sse_heartbeat: vars.seconds("SSE_HEARTBEAT_SEC", 15)?,
-            sse_retry: vars.millis("SSE_RETRY_MS", 2000)?,
+            sse_heartbeat: checks.take(vars.seconds(&SSE_HEARTBEAT_SEC)),
+            sse_retry: checks.take(vars.millis(&SSE_RETRY_MS)),
             stale_after,
             max_connections,
             max_header_bytes: max_header_bytes as usize,
-            header_read_timeout: vars.seconds("HEADER_READ_TIMEOUT_SEC", 10)?,
-            max_body_bytes: vars.number("MAX_BODY_BYTES", defaults.max_body_bytes, 0)?,
+            header_read_timeout: checks.take(vars.seconds(&HEADER_READ_TIMEOUT_SEC)),
+            max_body_bytes: checks.take(vars.number(&MAX_BODY_BYTES, 0)),
             http2_max_streams,
-            http2_keepalive: vars.seconds("HTTP2_KEEPALIVE_SEC", 30)?,
-            command_timeout: vars.seconds("COMMAND_TIMEOUT_SEC", 30)?,
-            shutdown_grace: vars.seconds("SHUTDOWN_GRACE_SEC", 10)?,
-        })
+            http2_keepalive: checks.take(vars.seconds(&HTTP2_KEEPALIVE_SEC)),
+            command_timeout: checks.take(vars.seconds(&COMMAND_TIMEOUT_SEC)),
+            shutdown_grace: checks.take(vars.seconds(&SHUTDOWN_GRACE_SEC)),
+        };
+        checks.finish(config)
     }
 
     /// The staleness bound in effect, given the source's refresh interval.
@@ -219,7 +334,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let err = |pairs: &[(&str, &str)]| {
-            HttpConfig::from_vars(&Vars::from_pairs(pairs.iter().copied())).unwrap_err()
+            HttpConfig::from_vars(&Vars::from_pairs(pairs.iter().copied()))
+                .unwrap_err()
+                .first()
+                .clone()
         };
         assert_eq!(err(&[("PORT", "70000")]).name, "PORT");
         assert_eq!(err(&[("HOST", "localhost:1")]).name, "HOST");
@@ -233,7 +351,10 @@ mod tests {
     #[test]
     fn values_that_would_panic_later_are_refused() {
         let err = |pairs: &[(&str, &str)]| {
-            HttpConfig::from_vars(&Vars::from_pairs(pairs.iter().copied())).unwrap_err()
+            HttpConfig::from_vars(&Vars::from_pairs(pairs.iter().copied()))
+                .unwrap_err()
+                .first()
+                .clone()
         };
         let huge = u64::MAX.to_string();
         // A semaphore cannot hold this many permits.
