@@ -5,7 +5,8 @@
 //! URL secret, then `samples/down.sh cpu` leaving nothing of the stack behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+#[path = "common/swarm.rs"]
+mod swarm;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::swarm::swarm_available;
 use serde_json::Value;
+use swarm::swarm_available;
 
 const STACK: &str = "autoscale-cpu";
 
@@ -38,7 +39,10 @@ fn script(path: &str, args: &[&str], env: &[(&str, String)]) -> (bool, String) {
 }
 
 fn docker_lines(args: &[&str]) -> Vec<String> {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
     assert!(out.status.success(), "docker {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -69,7 +73,9 @@ fn free_port() -> u16 {
 /// answers.
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: 0\r\n"
     );
@@ -83,7 +89,10 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -157,7 +166,13 @@ fn the_sample_stack_deploys_serves_and_leaves_nothing_behind() {
     let binary = env!("CARGO_BIN_EXE_swarm-registry");
     let (ok, text) = script("scripts/build-image", &["--binary", binary, &image], &[]);
     assert!(ok, "scripts/build-image: {text}");
-    let health = docker_lines(&["image", "inspect", &image, "--format", "{{json .Config.Healthcheck.Test}} {{.Config.StopSignal}}"]);
+    let health = docker_lines(&[
+        "image",
+        "inspect",
+        &image,
+        "--format",
+        "{{json .Config.Healthcheck.Test}} {{.Config.StopSignal}}",
+    ]);
     assert_eq!(
         health,
         vec![r#"["CMD","swarm-registry","healthcheck"] SIGTERM"#.to_owned()],
@@ -169,42 +184,53 @@ fn the_sample_stack_deploys_serves_and_leaves_nothing_behind() {
         ("REGISTRY_PORT", port.to_string()),
         ("SECRETS_DIR", secrets.display().to_string()),
         ("RABBITMQ_IMAGE", "local/rabbitmq:4".to_owned()),
-        ("SAMPLE_IMAGE", common::swarm::IMAGE.to_owned()),
+        ("SAMPLE_IMAGE", swarm::IMAGE.to_owned()),
     ];
     let (ok, text) = script("samples/deploy.sh", &["cpu", "swarm-registry", &tag], &env);
     assert!(ok, "samples/deploy.sh cpu: {text}");
 
-    wait_for("GET /health/ready answers 200", Duration::from_secs(120), || {
-        match http(port, "GET", "/health/ready", &[]) {
+    wait_for(
+        "GET /health/ready answers 200",
+        Duration::from_secs(120),
+        || match http(port, "GET", "/health/ready", &[]) {
             Some((200, _)) => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
 
-    let names = wait_for("both sample services listed", Duration::from_secs(30), || {
-        let (status, body) = http(port, "GET", "/services", &[]).ok_or("no answer")?;
-        let json: Value = serde_json::from_str(&body).map_err(|e| format!("{status} {e}: {body}"))?;
-        let mut names: Vec<String> = json["services"]
-            .as_array()
-            .ok_or(format!("no services array: {body}"))?
-            .iter()
-            .filter_map(|s| s["name"].as_str().map(str::to_owned))
-            .filter(|n| n.starts_with(STACK))
-            .collect();
-        names.sort();
-        if names.len() == 2 {
-            Ok(names)
-        } else {
-            Err(body)
-        }
-    });
+    let names = wait_for(
+        "both sample services listed",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = http(port, "GET", "/services", &[]).ok_or("no answer")?;
+            let json: Value =
+                serde_json::from_str(&body).map_err(|e| format!("{status} {e}: {body}"))?;
+            let mut names: Vec<String> = json["services"]
+                .as_array()
+                .ok_or(format!("no services array: {body}"))?
+                .iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .filter(|n| n.starts_with(STACK))
+                .collect();
+            names.sort();
+            if names.len() == 2 {
+                Ok(names)
+            } else {
+                Err(body)
+            }
+        },
+    );
     assert_eq!(names, ["autoscale-cpu_web", "autoscale-cpu_worker"]);
 
     // The event stream opens with the snapshot.
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream
-        .write_all(b"GET /events/stream HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n")
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /events/stream HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n",
+        )
         .unwrap();
     let mut seen = String::new();
     let mut buf = [0u8; 8192];
@@ -214,7 +240,10 @@ fn the_sample_stack_deploys_serves_and_leaves_nothing_behind() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
-    assert!(seen.contains("autoscale-cpu_worker"), "snapshot lists the samples: {seen}");
+    assert!(
+        seen.contains("autoscale-cpu_worker"),
+        "snapshot lists the samples: {seen}"
+    );
     drop(stream);
 
     // POST needs the token the stack gave the registry as a Docker secret.
@@ -222,24 +251,38 @@ fn the_sample_stack_deploys_serves_and_leaves_nothing_behind() {
     let (status, body) = http(port, "POST", "/cache/refresh", &[]).unwrap();
     assert_eq!(status, 401, "POST without the token: {body}");
     let bearer = format!("Bearer {}", token.trim());
-    let (status, body) = http(port, "POST", "/cache/refresh", &[("authorization", &bearer)]).unwrap();
+    let (status, body) = http(
+        port,
+        "POST",
+        "/cache/refresh",
+        &[("authorization", &bearer)],
+    )
+    .unwrap();
     assert_eq!(status, 200, "POST with the token from the secret: {body}");
     assert!(body.contains("cache refreshed"), "{body}");
 
     // The broker URL came from its secret: the stack's RabbitMQ takes the registry's stream.
-    wait_for("the publisher connected to the stack's RabbitMQ", Duration::from_secs(120), || {
-        let (_, body) = http(port, "GET", "/health", &[]).ok_or("no answer")?;
-        let json: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if json["publisher"]["enabled"] == true && json["publisher"]["connected"] == true {
-            Ok(())
-        } else {
-            Err(body)
-        }
-    });
+    wait_for(
+        "the publisher connected to the stack's RabbitMQ",
+        Duration::from_secs(120),
+        || {
+            let (_, body) = http(port, "GET", "/health", &[]).ok_or("no answer")?;
+            let json: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+            if json["publisher"]["enabled"] == true && json["publisher"]["connected"] == true {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    );
 
     let (ok, text) = script("samples/down.sh", &["cpu"], &[]);
     assert!(ok, "samples/down.sh cpu: {text}");
-    assert_eq!(stack_leftovers(), Vec::<String>::new(), "left after down.sh");
+    assert_eq!(
+        stack_leftovers(),
+        Vec::<String>::new(),
+        "left after down.sh"
+    );
     assert!(
         http(port, "GET", "/health/live", &[]).is_none(),
         "the registry still answers after down.sh"
@@ -268,7 +311,10 @@ fn the_sample_scripts_refuse_bad_input_with_a_message() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&bin);
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && text.contains("docker not found"), "{text}");
+    assert!(
+        !out.status.success() && text.contains("docker not found"),
+        "{text}"
+    );
     // An engine that does not answer.
     let out = Command::new(repo().join("samples/deploy.sh"))
         .arg("cpu")
