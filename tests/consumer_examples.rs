@@ -19,7 +19,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use broker_support::{rabbitmq_available, StreamCleanup};
 use serde_json::Value;
@@ -525,6 +526,11 @@ fn chromium_installed() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
+        // The test command installs it (scripts/dev-env) and requires it.
+        assert!(
+            std::env::var("SWARM_REGISTRY_REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "chromium is required (SWARM_REGISTRY_REQUIRE_BROWSER=1) but not installed: run scripts/dev-env up"
+        );
         eprintln!("SKIPPED the browser example: chromium is not installed");
     }
     found

@@ -34,7 +34,7 @@ pub struct HttpConfig {
     pub api_token: Option<String>,
     /// TLS_CERT_FILE and TLS_KEY_FILE: serve TLS (ALPN h2, http/1.1) instead of cleartext.
     pub tls: Option<TlsFiles>,
-    /// SSE_HEARTBEAT_SEC: how often an idle event stream gets a comment line, so
+    /// SSE_HEARTBEAT_SEC: how often every event stream gets a comment line (whatever else flows), so
     /// proxies and HTTP/1.1 clients do not take it for dead.
     pub sse_heartbeat: Duration,
     /// SSE_RETRY_MS: the reconnection delay suggested to event-stream clients.
@@ -101,7 +101,7 @@ pub const STALE_AFTER_SEC: Setting = Setting::unset(
 pub const SSE_HEARTBEAT_SEC: Setting = Setting::new(
     "SSE_HEARTBEAT_SEC",
     "15",
-    "seconds between comment lines on an idle event stream",
+    "seconds between comment lines on every event stream (keeps proxies from closing quiet ones)",
 );
 pub const SSE_RETRY_MS: Setting = Setting::new(
     "SSE_RETRY_MS",
