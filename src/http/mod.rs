@@ -7,6 +7,8 @@
 //! - [`cache`]: rendered bodies reused until their inputs change.
 //! - [`sse`]: event-stream framing and the per-subscriber stream.
 //! - [`metrics`]: request counters, latency histograms, the Prometheus exposition.
+//! - [`read`]: the one conditional-read path (snapshot, blocking wait, ETag, freshness headers).
+//! - [`commands`]: refresh, clear, on-demand metrics; the bearer token.
 //! - [`handler`]: one request, end to end.
 //! - [`server`]: accepting connections, HTTP/1.1 + HTTP/2 + TLS, graceful shutdown.
 //!
@@ -24,10 +26,12 @@ use crate::status::{PublisherState, SourceCounters};
 
 pub mod body;
 pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod handler;
 pub mod metrics;
 pub mod query;
+pub mod read;
 pub mod render;
 pub mod route;
 pub mod server;
