@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
+use http_body_util::BodyExt;
 use pipeline::Input;
 use support::{sample, spec, spec_with, Event, Options, Protocol, TestServer, DEADLINE, PROTOCOLS};
 use swarm_registry::http::HttpConfig;
@@ -461,5 +462,102 @@ async fn a_subscriber_that_stops_reading_is_reset_and_slows_nobody() {
         .unwrap();
     assert!(lagged.parse::<u64>().unwrap() >= 1, "{metrics}");
     server.registry.submit(Input::Tick).await.unwrap();
+    server.stop().await.unwrap();
+}
+
+/// The blocks of an event stream's body (text up to each blank line), read from the socket as
+/// they arrive until `enough` holds for the blocks so far.
+async fn blocks_until(
+    response: http::Response<hyper::body::Incoming>,
+    enough: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let mut body = response.into_body();
+    let mut text = String::new();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let blocks: Vec<String> = match text.rfind("\n\n") {
+                Some(end) => text[..end].split("\n\n").map(str::to_owned).collect(),
+                None => Vec::new(),
+            };
+            if enough(&blocks) {
+                return blocks;
+            }
+            let frame = body
+                .frame()
+                .await
+                .expect("the stream to stay open")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    })
+    .await
+    .expect("the expected blocks within the deadline")
+}
+
+/// Some clients (Python's httpx-sse, for one) dispatch every block that sets a field, so a
+/// block holding only `retry:` reaches the application as an empty message. The stream's first
+/// block must therefore be its first event, carrying `retry:` itself: the snapshot for a new
+/// client, the reset or the first missed change for a resuming one.
+#[tokio::test]
+async fn the_first_block_is_an_event_that_carries_the_retry_field() {
+    let options = Options {
+        log_capacity: 4,
+        ..Options::default()
+    };
+    let server = TestServer::start(options).await;
+    server.list(vec![spec("web")]).await;
+    let evicted = server.registry.snapshot().revision;
+    for i in 0..10 {
+        server.metrics("web", Some(sample(f64::from(i)))).await;
+    }
+    let recent = server.registry.snapshot().revision - 1;
+    let cases = [
+        (vec![], "event: snapshot"),
+        (vec![("last-event-id", evicted.to_string())], "event: reset"),
+        (
+            vec![("last-event-id", recent.to_string())],
+            "event: metrics.web",
+        ),
+    ];
+    for protocol in PROTOCOLS {
+        let client = server.client(protocol);
+        for (headers, first_event) in &cases {
+            let mut request = client.request(http::Method::GET, "/events/stream");
+            for (name, value) in headers {
+                request = request.header(*name, value);
+            }
+            let response = client.open(request).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let blocks = blocks_until(response, |blocks| {
+                blocks
+                    .iter()
+                    .any(|b| b.lines().any(|l| l.starts_with("event:")))
+            })
+            .await;
+            let at = blocks
+                .iter()
+                .position(|b| b.lines().any(|l| l.starts_with("event:")))
+                .unwrap();
+            for block in &blocks[..at] {
+                assert!(
+                    block
+                        .lines()
+                        .any(|l| l.starts_with("event:") || l.starts_with("data:")),
+                    "{protocol:?} {headers:?}: a block without an event precedes it: {block:?}"
+                );
+            }
+            let first = &blocks[0];
+            assert!(
+                first.lines().any(|l| l == *first_event),
+                "{protocol:?} {headers:?}: first block {first:?}"
+            );
+            assert!(
+                first.lines().any(|l| l == "retry: 2000"),
+                "{protocol:?} {headers:?}: first block {first:?}"
+            );
+        }
+    }
     server.stop().await.unwrap();
 }

@@ -1,74 +1,64 @@
 //! Answering one request: routing, limits, authorisation, then the operation.
 //!
-//! Reads take the current snapshot without a lock and serve cached renderings where the data
-//! did not change; commands go to the Swarm source (through [`SourceControl`]) or to the
-//! registry, and answer once their result is readable.
+//! Reads go through the one conditional-read path in [`read`](super::read) (a snapshot loaded
+//! once without a lock, blocking waits, entity tags, freshness headers) and serve cached
+//! renderings where the data did not change, so each read endpoint here says only what is its
+//! own. Commands live in [`commands`](super::commands); the event stream in
+//! [`sse`](super::sse).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use pipeline::{Input, Snapshot, Timestamp};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::body::ApiBody;
 use super::cache::BodyCache;
+use super::commands::Commands;
 use super::config::HttpConfig;
-use super::query::{self, Blocking, QueryError};
-use super::render::{self, CacheStats, Freshness, ServicesMetadata};
+use super::query::{self, QueryError};
+use super::read::{ReadContext, Reads};
+use super::render::{self, CacheStats, ServicesMetadata};
 use super::route::{self, Route, RouteError, UNMATCHED};
 use super::sse::{EventStream, Start, StreamContext};
 use super::ApiState;
-use crate::control::ControlError;
 use crate::telemetry::{self, HttpMetrics};
 
-/// The resource's revision, as a number clients can compare (Consul's `X-Consul-Index`).
-pub const INDEX_HEADER: &str = "x-registry-index";
-/// The registry's current revision.
-pub const REVISION_HEADER: &str = "x-registry-revision";
-/// `true` when the engine has not answered within the staleness bound.
-pub const STALE_HEADER: &str = "x-registry-stale";
-/// Milliseconds since the engine last answered (absent when it never has).
-pub const LAST_CONTACT_HEADER: &str = "x-registry-last-contact";
-/// `connecting`, `connected` or `unreachable`.
-pub const SOURCE_HEADER: &str = "x-registry-source";
-/// Seconds since a metrics sample was taken.
-pub const METRICS_AGE_HEADER: &str = "x-metrics-age";
+pub use super::commands::bearer_token;
+pub use super::read::{
+    not_modified, INDEX_HEADER, LAST_CONTACT_HEADER, METRICS_AGE_HEADER, REVISION_HEADER,
+    SOURCE_HEADER, STALE_HEADER,
+};
 
 const JSON: &str = "application/json";
 
-/// Settings the handler needs, derived once from [`HttpConfig`] and [`ApiState`].
-struct Settings {
-    api_token: Option<String>,
-    max_body_bytes: u64,
-    /// How long a request body may take to arrive (the request head's deadline again).
-    body_read_timeout: Duration,
-    command_timeout: Duration,
-    stale_after_ms: i64,
-    refresh_interval_sec: u64,
-}
+/// An answer, including one that ends request handling early (a bad parameter, a missing
+/// service, ...).
+pub type Answer = Response<ApiBody>;
 
 /// Everything one request may need; shared by all connections.
 pub struct Api {
     state: ApiState,
-    settings: Settings,
+    reads: Reads,
+    commands: Commands,
+    max_body_bytes: u64,
+    /// How long a request body may take to arrive (the request head's deadline again).
+    body_read_timeout: Duration,
+    refresh_interval_sec: u64,
     services_body: BodyCache<ServicesMetadata>,
     metrics: Arc<HttpMetrics>,
     streams: Arc<StreamContext>,
-    revisions: watch::Receiver<u64>,
     shutdown: CancellationToken,
 }
 
-/// An answer that ends request handling early (a bad parameter, a missing service, ...).
-type Answer = Response<ApiBody>;
-
 impl Api {
+    /// `revisions` carries the registry's latest revision; blocking reads wait on it.
     pub fn new(
         config: &HttpConfig,
         state: ApiState,
@@ -76,6 +66,8 @@ impl Api {
         shutdown: CancellationToken,
     ) -> Self {
         let stale_after = config.stale_after(state.refresh_interval);
+        let stale_after_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        let refresh_interval_sec = state.refresh_interval.as_secs();
         let metrics = Arc::new(HttpMetrics::default());
         let streams = Arc::new(StreamContext::new(
             config.sse_heartbeat,
@@ -84,19 +76,26 @@ impl Api {
             shutdown.clone(),
         ));
         Api {
-            settings: Settings {
-                api_token: config.api_token.clone(),
-                max_body_bytes: config.max_body_bytes,
-                body_read_timeout: config.header_read_timeout,
-                command_timeout: config.command_timeout,
-                stale_after_ms: i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX),
-                refresh_interval_sec: state.refresh_interval.as_secs(),
-            },
+            reads: Reads::new(
+                state.registry.clone(),
+                revisions,
+                shutdown.clone(),
+                stale_after_ms,
+            ),
+            commands: Commands::new(
+                state.registry.clone(),
+                state.control.clone(),
+                config.api_token.clone(),
+                config.command_timeout,
+                refresh_interval_sec,
+            ),
+            max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.header_read_timeout,
+            refresh_interval_sec,
             state,
             services_body: BodyCache::default(),
             metrics,
             streams,
-            revisions,
             shutdown,
         }
     }
@@ -141,53 +140,31 @@ impl Api {
     {
         let (parts, body) = request.into_parts();
         if let Some(length) = content_length(&parts.headers) {
-            if length > self.settings.max_body_bytes {
+            if length > self.max_body_bytes {
                 return self.too_large();
             }
         }
         if route.is_command() {
-            if let Some(denied) = self.refuse_unauthorized(&parts.headers) {
+            if let Some(denied) = self.commands.refuse_unauthorized(&parts.headers) {
                 return denied;
             }
         }
-        // No endpoint reads a body, but one that is sent is consumed (within the bounds) so the
-        // connection stays usable, and an endless or trickling body is refused rather than
-        // read forever.
-        if !body.is_end_stream() {
-            let limit = usize::try_from(self.settings.max_body_bytes).unwrap_or(usize::MAX);
-            let deadline = self.settings.body_read_timeout;
-            match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
-                    return self.too_large();
-                }
-                Ok(Err(error)) => {
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("could not read the request body: {error}"),
-                    );
-                }
-                Err(_) => {
-                    return json_error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        &format!("request body not received within {} s", deadline.as_secs()),
-                    );
-                }
-            }
+        if let Err(refused) = self.drain_body(body).await {
+            return refused;
         }
         let outcome = match route {
-            Route::Root => Ok(self.root()),
-            Route::Health => Ok(self.health()),
-            Route::Live => Ok(self.live()),
-            Route::Ready => Ok(self.ready()),
-            Route::Metrics => Ok(self.prometheus()),
+            Route::Root => Ok(self.root(&parts)),
+            Route::Health => Ok(self.health(&parts)),
+            Route::Live => Ok(self.live(&parts)),
+            Route::Ready => Ok(self.ready(&parts)),
+            Route::Metrics => Ok(self.prometheus(&parts)),
             Route::Services => self.services(&parts).await,
             Route::Service(name) => self.service(&parts, &name).await,
             Route::ServiceMetrics(name) => self.service_metrics(&parts, &name).await,
-            Route::SampleMetrics(name) => Ok(self.sample_metrics(&name).await),
+            Route::SampleMetrics(name) => Ok(self.commands.sample_metrics(&name).await),
             Route::CacheStats => Ok(self.cache_stats(&parts)),
-            Route::Refresh => Ok(self.refresh().await),
-            Route::Clear => Ok(self.clear().await),
+            Route::Refresh => Ok(self.commands.refresh().await),
+            Route::Clear => Ok(self.commands.clear().await),
             Route::Events if accepts_event_stream(&parts.headers) => self.event_stream(&parts),
             Route::Events => Ok(self.events(&parts)),
             Route::EventStream => self.event_stream(&parts),
@@ -195,136 +172,98 @@ impl Api {
         outcome.unwrap_or_else(|e| query_error(&e))
     }
 
+    /// No endpoint reads a body, but one that is sent is consumed (within the bounds) so the
+    /// connection stays usable, and an endless or trickling body is refused rather than read
+    /// forever.
+    async fn drain_body<B>(&self, body: B) -> Result<(), Answer>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if body.is_end_stream() {
+            return Ok(());
+        }
+        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let deadline = self.body_read_timeout;
+        match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                Err(self.too_large())
+            }
+            Ok(Err(error)) => Err(json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("could not read the request body: {error}"),
+            )),
+            Err(_) => Err(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("request body not received within {} s", deadline.as_secs()),
+            )),
+        }
+    }
+
     fn too_large(&self) -> Answer {
         json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!(
                 "request body too large (limit {} bytes)",
-                self.settings.max_body_bytes
+                self.max_body_bytes
             ),
         )
     }
 
-    /// The 401 answer for a command without the configured bearer token, if it lacks it.
-    fn refuse_unauthorized(&self, headers: &HeaderMap) -> Option<Answer> {
-        let expected = self.settings.api_token.as_ref()?;
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
-        match presented {
-            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => None,
-            _ => {
-                let mut answer = json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized: this endpoint needs Authorization: Bearer <token>",
-                );
-                answer.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"swarm-registry\""),
-                );
-                Some(answer)
-            }
-        }
-    }
-
-    fn now_and_freshness(&self, snapshot: &Snapshot) -> (Timestamp, Freshness) {
-        let now = Timestamp::now();
-        let freshness = Freshness::of(snapshot, now, self.settings.stale_after_ms);
-        (now, freshness)
-    }
-
-    /// Wait, for a blocking read, until `resource(snapshot)` passes the client's index, the
-    /// wait is over, or the server shuts down; then return the snapshot to answer from.
-    async fn settle(
-        &self,
-        blocking: Option<Blocking>,
-        resource: impl Fn(&Snapshot) -> u64,
-    ) -> Arc<Snapshot> {
-        let registry = &self.state.registry;
-        let Some(Blocking { index, wait }) = blocking else {
-            return registry.snapshot();
-        };
-        let deadline = Instant::now() + query::jittered(wait, rand::random::<f64>());
-        let mut revisions = self.revisions.clone();
-        loop {
-            revisions.borrow_and_update();
-            let snapshot = registry.snapshot();
-            // An index above the current revision comes from another run: waiting for it
-            // could take forever, so the client gets the current state (as Consul does).
-            if resource(&snapshot) > index || index > snapshot.revision {
-                return snapshot;
-            }
-            tokio::select! {
-                changed = revisions.changed() => {
-                    if changed.is_err() {
-                        return registry.snapshot();
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => return registry.snapshot(),
-                _ = self.shutdown.cancelled() => return registry.snapshot(),
-            }
-        }
-    }
-
-    fn root(&self) -> Answer {
-        let snapshot = self.state.registry.snapshot();
-        let (now, freshness) = self.now_and_freshness(&snapshot);
+    fn root(&self, parts: &Parts) -> Answer {
+        let read = self.reads.current(&parts.headers);
         let etag = concat!("root-", env!("CARGO_PKG_VERSION"));
-        read_answer(
-            StatusCode::OK,
-            render::root_body(now),
-            Some(etag),
-            snapshot.revision,
-            &snapshot,
-            &freshness,
-        )
+        read.unconditional(etag, read.snapshot.revision, render::root_body(read.now))
     }
 
-    fn health(&self) -> Answer {
-        let snapshot = self.state.registry.snapshot();
-        let (now, freshness) = self.now_and_freshness(&snapshot);
+    fn health(&self, parts: &Parts) -> Answer {
+        let read = self.reads.current(&parts.headers);
+        let ReadContext {
+            snapshot,
+            freshness,
+            now,
+            ..
+        } = &read;
         let publisher = &self.state.publisher;
-        let report = render::health_report(&snapshot, &freshness, publisher);
-        let stats = CacheStats::of(&snapshot, self.settings.refresh_interval_sec);
-        let body = render::health_body(&snapshot, &freshness, &report, &stats, publisher, now);
-        probe_answer(StatusCode::OK, body, &snapshot, &freshness)
+        let report = render::health_report(snapshot, freshness, publisher);
+        let stats = CacheStats::of(snapshot, self.refresh_interval_sec);
+        let body = render::health_body(snapshot, freshness, &report, &stats, publisher, *now);
+        read.probe(StatusCode::OK, body)
     }
 
-    fn live(&self) -> Answer {
-        let snapshot = self.state.registry.snapshot();
-        let (now, freshness) = self.now_and_freshness(&snapshot);
-        let body = render::probe_body("live", None, snapshot.revision, now);
-        probe_answer(StatusCode::OK, body, &snapshot, &freshness)
+    fn live(&self, parts: &Parts) -> Answer {
+        let read = self.reads.current(&parts.headers);
+        let body = render::probe_body("live", None, read.snapshot.revision, read.now);
+        read.probe(StatusCode::OK, body)
     }
 
-    fn ready(&self) -> Answer {
-        let snapshot = self.state.registry.snapshot();
-        let (now, freshness) = self.now_and_freshness(&snapshot);
-        match render::not_ready_reason(&snapshot) {
-            None => {
-                let body = render::probe_body("ready", None, snapshot.revision, now);
-                probe_answer(StatusCode::OK, body, &snapshot, &freshness)
-            }
-            Some(reason) => {
-                let body = render::probe_body("not ready", Some(&reason), snapshot.revision, now);
-                probe_answer(StatusCode::SERVICE_UNAVAILABLE, body, &snapshot, &freshness)
-            }
+    fn ready(&self, parts: &Parts) -> Answer {
+        let read = self.reads.current(&parts.headers);
+        let revision = read.snapshot.revision;
+        match render::not_ready_reason(&read.snapshot) {
+            None => read.probe(
+                StatusCode::OK,
+                render::probe_body("ready", None, revision, read.now),
+            ),
+            Some(reason) => read.probe(
+                StatusCode::SERVICE_UNAVAILABLE,
+                render::probe_body("not ready", Some(&reason), revision, read.now),
+            ),
         }
     }
 
-    fn prometheus(&self) -> Answer {
-        let snapshot = self.state.registry.snapshot();
-        let (now, freshness) = self.now_and_freshness(&snapshot);
+    fn prometheus(&self, parts: &Parts) -> Answer {
+        let read = self.reads.current(&parts.headers);
         let text = telemetry::render(&telemetry::Exposition {
             http: &self.metrics,
-            snapshot: &snapshot,
-            now,
-            stale: freshness.stale,
+            snapshot: &read.snapshot,
+            now: read.now,
+            stale: read.freshness.stale,
             source: &self.state.source_counters,
             publisher: &self.state.publisher,
         });
-        let mut answer = probe_answer(StatusCode::OK, Bytes::from(text), &snapshot, &freshness);
+        let mut answer = read.probe(StatusCode::OK, Bytes::from(text));
         answer.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -333,93 +272,60 @@ impl Api {
     }
 
     async fn services(&self, parts: &Parts) -> Result<Answer, QueryError> {
-        let blocking = query::parse_blocking(parts.uri.query())?;
-        let snapshot = self.settle(blocking, |s| s.services_revision).await;
-        let (now, freshness) = self.now_and_freshness(&snapshot);
-        let revision = snapshot.services_revision;
-        let etag = revision.to_string();
-        if not_modified(&parts.headers, &etag) {
-            return Ok(unchanged(&etag, revision, &snapshot, &freshness));
-        }
-        let metadata = ServicesMetadata::of(&snapshot, &freshness, now);
-        let body = self.services_body.get_or_render(metadata.clone(), || {
-            render::services_body(&snapshot, &metadata)
-        });
-        Ok(read_answer(
-            StatusCode::OK,
-            body,
-            Some(&etag),
-            revision,
-            &snapshot,
-            &freshness,
-        ))
+        let read = self.reads.blocking(parts, |s| s.services_revision).await?;
+        let revision = read.snapshot.services_revision;
+        Ok(read.conditional(&revision.to_string(), revision, || {
+            let metadata = ServicesMetadata::of(&read.snapshot, &read.freshness, read.now);
+            self.services_body.get_or_render(metadata.clone(), || {
+                render::services_body(&read.snapshot, &metadata)
+            })
+        }))
     }
 
     async fn service(&self, parts: &Parts, name: &str) -> Result<Answer, QueryError> {
-        let blocking = query::parse_blocking(parts.uri.query())?;
-        let snapshot = self
-            .settle(blocking, |s| {
+        let read = self
+            .reads
+            .blocking(parts, |s| {
                 s.service(name)
                     .map(|r| r.revision)
                     .unwrap_or(s.services_revision)
             })
-            .await;
-        let (now, freshness) = self.now_and_freshness(&snapshot);
-        let Some(record) = snapshot.service(name) else {
-            return Ok(not_found("service not found", &snapshot, &freshness));
+            .await?;
+        let Some(record) = read.snapshot.service(name) else {
+            return Ok(read.not_found("service not found"));
         };
-        let etag = record.revision.to_string();
-        if not_modified(&parts.headers, &etag) {
-            return Ok(unchanged(&etag, record.revision, &snapshot, &freshness));
-        }
-        let body = render::service_body(record.json(), record.revision, now);
-        Ok(read_answer(
-            StatusCode::OK,
-            body,
-            Some(&etag),
-            record.revision,
-            &snapshot,
-            &freshness,
-        ))
+        Ok(
+            read.conditional(&record.revision.to_string(), record.revision, || {
+                render::service_body(record.json(), record.revision, read.now)
+            }),
+        )
     }
 
     async fn service_metrics(&self, parts: &Parts, name: &str) -> Result<Answer, QueryError> {
-        let blocking = query::parse_blocking(parts.uri.query())?;
-        let snapshot = self
-            .settle(blocking, |s| {
+        let read = self
+            .reads
+            .blocking(parts, |s| {
                 s.metrics_of(name).map(|m| m.revision).unwrap_or(s.revision)
             })
-            .await;
-        let (now, freshness) = self.now_and_freshness(&snapshot);
-        if snapshot.service(name).is_none() {
-            return Ok(not_found("service not found", &snapshot, &freshness));
+            .await?;
+        if read.snapshot.service(name).is_none() {
+            return Ok(read.not_found("service not found"));
         }
         // No metrics means no running task: never answer 200 with zeros, which would make the
         // autoscaler scale a stopped service up to its minimum.
-        let Some(record) = snapshot.metrics_of(name) else {
-            return Ok(not_found("metrics not available", &snapshot, &freshness));
+        let Some(record) = read.snapshot.metrics_of(name) else {
+            return Ok(read.not_found("metrics not available"));
         };
-        let etag = record.revision.to_string();
-        let age = render::metrics_age_seconds(&record.metrics, now);
-        let mut answer = if not_modified(&parts.headers, &etag) {
-            unchanged(&etag, record.revision, &snapshot, &freshness)
-        } else {
-            let body = render::metrics_body(
+        let mut answer = read.conditional(&record.revision.to_string(), record.revision, || {
+            render::metrics_body(
                 name,
                 Some(&record.metrics),
                 Some(record.revision),
                 false,
-                now,
-            );
-            read_answer(
-                StatusCode::OK,
-                body,
-                Some(&etag),
-                record.revision,
-                &snapshot,
-                &freshness,
+                read.now,
             )
-        };
+        });
+        let age = render::metrics_age_seconds(&record.metrics, read.now);
         answer
             .headers_mut()
             .insert(METRICS_AGE_HEADER, HeaderValue::from(age));
@@ -427,8 +333,8 @@ impl Api {
     }
 
     fn cache_stats(&self, parts: &Parts) -> Answer {
-        let snapshot = self.state.registry.snapshot();
-        let (now, freshness) = self.now_and_freshness(&snapshot);
+        let read = self.reads.current(&parts.headers);
+        let snapshot = &read.snapshot;
         // The statistics are a function of these three (every full list and clear moves the
         // cache version, and with it last_refresh), so they make an exact validator.
         let etag = format!(
@@ -437,40 +343,23 @@ impl Api {
             snapshot.metrics.len(),
             snapshot.cache_version
         );
-        if not_modified(&parts.headers, &etag) {
-            return unchanged(&etag, snapshot.revision, &snapshot, &freshness);
-        }
-        let stats = CacheStats::of(&snapshot, self.settings.refresh_interval_sec);
-        read_answer(
-            StatusCode::OK,
-            render::cache_stats_body(&stats, now),
-            Some(&etag),
-            snapshot.revision,
-            &snapshot,
-            &freshness,
-        )
+        read.conditional(&etag, snapshot.revision, || {
+            let stats = CacheStats::of(snapshot, self.refresh_interval_sec);
+            render::cache_stats_body(&stats, read.now)
+        })
     }
 
     fn events(&self, parts: &Parts) -> Answer {
-        let snapshot = self.state.registry.snapshot();
-        let (now, freshness) = self.now_and_freshness(&snapshot);
+        let read = self.reads.current(&parts.headers);
         let publisher = &self.state.publisher;
         let etag = format!(
             "events.{}.{}",
             u8::from(publisher.enabled),
             u8::from(publisher.is_connected())
         );
-        if not_modified(&parts.headers, &etag) {
-            return unchanged(&etag, snapshot.revision, &snapshot, &freshness);
-        }
-        read_answer(
-            StatusCode::OK,
-            render::events_body(publisher, now),
-            Some(&etag),
-            snapshot.revision,
-            &snapshot,
-            &freshness,
-        )
+        read.conditional(&etag, read.snapshot.revision, || {
+            render::events_body(publisher, read.now)
+        })
     }
 
     fn event_stream(&self, parts: &Parts) -> Result<Answer, QueryError> {
@@ -516,99 +405,6 @@ impl Api {
         headers.insert(REVISION_HEADER, HeaderValue::from(revision));
         Ok(answer)
     }
-
-    async fn sample_metrics(&self, name: &str) -> Answer {
-        if self.state.registry.load().service(name).is_none() {
-            return json_error(StatusCode::NOT_FOUND, "service not found");
-        }
-        let sampled = self
-            .command(self.state.control.sample_metrics(name), "metrics sample")
-            .await;
-        if let Err(answer) = sampled {
-            return answer;
-        }
-        let snapshot = self.state.registry.snapshot();
-        let now = Timestamp::now();
-        let record = snapshot.metrics_of(name);
-        let body = render::metrics_body(
-            name,
-            record.map(|r| r.metrics.as_ref()),
-            record.map(|r| r.revision),
-            true,
-            now,
-        );
-        let mut answer = json_answer(StatusCode::OK, body);
-        if let Some(record) = record {
-            let age = render::metrics_age_seconds(&record.metrics, now);
-            answer
-                .headers_mut()
-                .insert(METRICS_AGE_HEADER, HeaderValue::from(age));
-        }
-        answer
-    }
-
-    async fn refresh(&self) -> Answer {
-        let revision = match self.command(self.state.control.refresh(), "refresh").await {
-            Ok(revision) => revision,
-            Err(answer) => return answer,
-        };
-        let snapshot = self.state.registry.snapshot();
-        let stats = CacheStats::of(&snapshot, self.settings.refresh_interval_sec);
-        let revision = revision.max(snapshot.revision);
-        json_answer(
-            StatusCode::OK,
-            render::refreshed_body(&stats, revision, Timestamp::now()),
-        )
-    }
-
-    async fn clear(&self) -> Answer {
-        let revision = match self.state.registry.submit(Input::Clear).await {
-            Ok(revision) => revision,
-            Err(stopped) => {
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, &stopped.to_string());
-            }
-        };
-        // Repopulate at once rather than at the next poll; the answer does not wait for it.
-        let control = self.state.control.clone();
-        tokio::spawn(async move {
-            if let Err(error) = control.refresh().await {
-                tracing::warn!(%error, "refresh after cache clear failed");
-            }
-        });
-        json_answer(
-            StatusCode::OK,
-            render::cleared_body(revision, Timestamp::now()),
-        )
-    }
-
-    /// Run a source command within the command timeout, mapping its failures to answers.
-    async fn command(
-        &self,
-        command: impl std::future::Future<Output = Result<u64, ControlError>>,
-        what: &str,
-    ) -> Result<u64, Answer> {
-        match tokio::time::timeout(self.settings.command_timeout, command).await {
-            Ok(Ok(revision)) => Ok(revision),
-            Ok(Err(ControlError::UnknownService)) => {
-                Err(json_error(StatusCode::NOT_FOUND, "service not found"))
-            }
-            Ok(Err(error @ ControlError::SourceStopped)) => Err(json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &error.to_string(),
-            )),
-            Ok(Err(ControlError::Engine(reason))) => Err(json_error(
-                StatusCode::BAD_GATEWAY,
-                &format!("{what} failed: {reason}"),
-            )),
-            Err(_) => Err(json_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "{what} did not complete within {} s",
-                    self.settings.command_timeout.as_secs()
-                ),
-            )),
-        }
-    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -616,23 +412,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
-pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Compare secrets in time independent of where they first differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether the client asked for the event stream on `/events`.
@@ -644,26 +423,8 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .any(|v| v.to_ascii_lowercase().contains("text/event-stream"))
 }
 
-/// Whether `If-None-Match` names this (weak) entity tag; weak comparison, as RFC 9110 asks
-/// for this header, so `"5"` and `W/"5"` both match.
-pub fn not_modified(headers: &HeaderMap, opaque: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|tag| {
-            tag == "*" || {
-                let tag = tag.strip_prefix("W/").unwrap_or(tag);
-                tag.strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .is_some_and(|t| t == opaque)
-            }
-        })
-}
-
-fn json_answer(status: StatusCode, body: Bytes) -> Answer {
+/// A JSON answer with no validators (commands, errors).
+pub(super) fn json_answer(status: StatusCode, body: Bytes) -> Answer {
     let mut answer = Response::new(ApiBody::full(body));
     *answer.status_mut() = status;
     answer
@@ -705,88 +466,6 @@ fn route_error(error: RouteError) -> Answer {
     }
 }
 
-/// Revision and staleness headers, carried by every read.
-fn freshness_headers(headers: &mut HeaderMap, snapshot: &Snapshot, freshness: &Freshness) {
-    headers.insert(
-        HeaderName::from_static(REVISION_HEADER),
-        HeaderValue::from(snapshot.revision),
-    );
-    headers.insert(
-        HeaderName::from_static(STALE_HEADER),
-        HeaderValue::from_static(if freshness.stale { "true" } else { "false" }),
-    );
-    headers.insert(
-        HeaderName::from_static(SOURCE_HEADER),
-        HeaderValue::from_static(freshness.source_state),
-    );
-    if let Some(age) = freshness.last_contact_age_ms {
-        headers.insert(
-            HeaderName::from_static(LAST_CONTACT_HEADER),
-            HeaderValue::from(age),
-        );
-    }
-}
-
-fn etag_value(opaque: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("W/\"{opaque}\"")).ok()
-}
-
-fn read_answer(
-    status: StatusCode,
-    body: Bytes,
-    etag: Option<&str>,
-    index: u64,
-    snapshot: &Snapshot,
-    freshness: &Freshness,
-) -> Answer {
-    let mut answer = json_answer(status, body);
-    let headers = answer.headers_mut();
-    if let Some(etag) = etag.and_then(etag_value) {
-        headers.insert(header::ETAG, etag);
-    }
-    headers.insert(
-        HeaderName::from_static(INDEX_HEADER),
-        HeaderValue::from(index),
-    );
-    freshness_headers(headers, snapshot, freshness);
-    answer
-}
-
-/// Probes and /metrics describe the present moment, so caches must not keep them.
-fn probe_answer(
-    status: StatusCode,
-    body: Bytes,
-    snapshot: &Snapshot,
-    freshness: &Freshness,
-) -> Answer {
-    let mut answer = json_answer(status, body);
-    let headers = answer.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    freshness_headers(headers, snapshot, freshness);
-    answer
-}
-
-fn unchanged(etag: &str, index: u64, snapshot: &Snapshot, freshness: &Freshness) -> Answer {
-    let mut answer = Response::new(ApiBody::empty());
-    *answer.status_mut() = StatusCode::NOT_MODIFIED;
-    let headers = answer.headers_mut();
-    if let Some(etag) = etag_value(etag) {
-        headers.insert(header::ETAG, etag);
-    }
-    headers.insert(
-        HeaderName::from_static(INDEX_HEADER),
-        HeaderValue::from(index),
-    );
-    freshness_headers(headers, snapshot, freshness);
-    answer
-}
-
-fn not_found(message: &str, snapshot: &Snapshot, freshness: &Freshness) -> Answer {
-    let mut answer = json_error(StatusCode::NOT_FOUND, message);
-    freshness_headers(answer.headers_mut(), snapshot, freshness);
-    answer
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,31 +476,6 @@ mod tests {
             map.append(*k, HeaderValue::from_static(v));
         }
         map
-    }
-
-    #[test]
-    fn if_none_match_uses_weak_comparison() {
-        assert!(not_modified(&headers(&[("if-none-match", "\"5\"")]), "5"));
-        assert!(not_modified(&headers(&[("if-none-match", "W/\"5\"")]), "5"));
-        assert!(not_modified(
-            &headers(&[("if-none-match", "\"1\", W/\"5\"")]),
-            "5"
-        ));
-        assert!(not_modified(&headers(&[("if-none-match", "*")]), "5"));
-        assert!(!not_modified(&headers(&[("if-none-match", "\"50\"")]), "5"));
-        assert!(!not_modified(&headers(&[("if-none-match", "5")]), "5"));
-        assert!(!not_modified(&headers(&[]), "5"));
-    }
-
-    #[test]
-    fn bearer_tokens_are_extracted() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer "), None);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`render`]: the contract's JSON bodies (pure).
 //! - [`cache`]: rendered bodies reused until their inputs change.
 //! - [`sse`]: event-stream framing and the per-subscriber stream.
+//! - [`read`]: the one conditional-read path (snapshot, blocking wait, ETag, freshness headers).
+//! - [`commands`]: refresh, clear, on-demand metrics; the bearer token.
 //! - [`handler`]: one request, end to end.
 //! - [`server`]: accepting connections, HTTP/1.1 + HTTP/2 + TLS, graceful shutdown.
 //!
@@ -23,9 +25,11 @@ use crate::telemetry::{PublisherState, SourceCounters};
 
 pub mod body;
 pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod handler;
 pub mod query;
+pub mod read;
 pub mod render;
 pub mod route;
 pub mod server;

@@ -59,9 +59,11 @@ fn push_event_line(out: &mut String, event: &str) {
     out.push('\n');
 }
 
-/// The `retry:` field alone: tells the client how long to wait before reconnecting.
-pub fn retry_frame(retry: Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+/// The `retry:` field line: tells the client how long to wait before reconnecting. It is sent
+/// inside the stream's first event, never as a block of its own: some clients (httpx-sse, for
+/// one) dispatch a block holding only `retry:` as an empty message.
+pub fn retry_field(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n", retry.as_millis()))
 }
 
 /// A comment line, which clients ignore and proxies see as traffic.
@@ -239,6 +241,8 @@ pub struct EventStream {
     /// Whether a reset now means the subscriber fell behind (rather than resumed from an id
     /// the log no longer has, which is reported by the first update).
     live: bool,
+    /// Whether the `retry:` field still has to go out, in front of the first event.
+    retry_pending: bool,
     finished: bool,
 }
 
@@ -260,29 +264,41 @@ impl EventStream {
     ) -> Self {
         let metrics = &context.metrics;
         metrics.sse_subscribers.fetch_add(1, Ordering::Relaxed);
-        let mut queue = VecDeque::with_capacity(4);
-        queue.push_back(retry_frame(context.retry));
-        let (live, position) = match start {
-            Start::Snapshot(snapshot) => {
-                metrics.sse_events.fetch_add(1, Ordering::Relaxed);
-                queue.push_back(context.snapshot_frame("snapshot", &snapshot, &filter, None));
-                (true, snapshot.revision)
-            }
-            Start::Resume(seq) => (false, seq),
-        };
         let mut heartbeat =
             tokio::time::interval_at(Instant::now() + context.heartbeat, context.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        EventStream {
-            queue,
+        let (live, position) = match &start {
+            Start::Snapshot(snapshot) => (true, snapshot.revision),
+            Start::Resume(seq) => (false, *seq),
+        };
+        let mut stream = EventStream {
+            queue: VecDeque::with_capacity(4),
             subscription,
             filter,
             heartbeat,
             context,
             position,
             live,
+            retry_pending: true,
             finished: false,
+        };
+        if let Start::Snapshot(snapshot) = start {
+            let context = &stream.context;
+            context.metrics.sse_events.fetch_add(1, Ordering::Relaxed);
+            let frame = context.snapshot_frame("snapshot", &snapshot, &stream.filter, None);
+            stream.push_event([frame]);
         }
+        stream
+    }
+
+    /// Queue one event (its chunks form one block); the stream's first event also carries the
+    /// `retry:` field, so no block before it lacks an event.
+    fn push_event(&mut self, chunks: impl IntoIterator<Item = Bytes>) {
+        if self.retry_pending {
+            self.retry_pending = false;
+            self.queue.push_back(retry_field(self.context.retry));
+        }
+        self.queue.extend(chunks);
     }
 
     /// The stream as the body of a response.
@@ -315,19 +331,19 @@ impl EventStream {
             biased;
             _ = context.shutdown.cancelled() => {
                 self.finished = true;
-                self.queue.push_back(shutdown_frame(self.position, Timestamp::now()));
+                self.push_event([shutdown_frame(self.position, Timestamp::now())]);
             }
             update = self.subscription.next() => match update {
                 None => {
                     // The registry stopped: the process is going down.
                     self.finished = true;
-                    self.queue.push_back(shutdown_frame(self.position, Timestamp::now()));
+                    self.push_event([shutdown_frame(self.position, Timestamp::now())]);
                 }
                 Some(Update::Change(change)) => {
                     self.live = true;
                     self.position = change.seq;
                     if self.filter.admits(&change.routing_key(), change.kind.service_name()) {
-                        self.queue.extend(change_chunks(&change));
+                        self.push_event(change_chunks(&change));
                         let metrics = &context.metrics;
                         metrics.sse_events.fetch_add(1, Ordering::Relaxed);
                         let age_ms = Timestamp::now().0.saturating_sub(change.at.0).max(0);
@@ -345,12 +361,9 @@ impl EventStream {
                     self.live = true;
                     self.position = snapshot.revision;
                     let reason = reason.to_string();
-                    self.queue.push_back(context.snapshot_frame(
-                        "reset",
-                        &snapshot,
-                        &self.filter,
-                        Some(&reason),
-                    ));
+                    let frame =
+                        context.snapshot_frame("reset", &snapshot, &self.filter, Some(&reason));
+                    self.push_event([frame]);
                 }
             },
             _ = self.heartbeat.tick() => {
@@ -372,7 +385,7 @@ mod tests {
         assert_eq!(&multi[..], b"event: x\ndata: one\ndata: two\n\n");
         let forged = frame(None, "metrics.a\nid: 1", "{}");
         assert_eq!(&forged[..], b"event: metrics.a id: 1\ndata: {}\n\n");
-        assert_eq!(&retry_frame(Duration::from_secs(2))[..], b"retry: 2000\n\n");
+        assert_eq!(&retry_field(Duration::from_secs(2))[..], b"retry: 2000\n");
         assert!(heartbeat_frame().starts_with(b":"));
     }
 
