@@ -12,8 +12,10 @@
 //! results of earlier events; one that completes late holds back the later ones. A dirty
 //! service's one trailing inspect answers for all its events since the inspect in flight, so
 //! its slot moves to the newest of them. A full list takes a slot too: it is applied after
-//! every inspect issued before it (the fold trusts a list over anything it knows), and it
-//! answers for every trailing inspect not started yet, which are dropped.
+//! every inspect issued before it (the fold trusts a list over anything it knows). It also
+//! answers for every trailing inspect not started yet: those are not made, and their slots are
+//! filled from the list's answer, so a dirty service's change still comes out in the place of
+//! its event, not later in the list's.
 //!
 //! Pure state over plain data: tested without a runtime or an engine.
 
@@ -57,6 +59,8 @@ pub struct ApplyQueue<T> {
     front: u64,
     slots: VecDeque<SlotState<T>>,
     services: HashMap<String, Tracked>,
+    /// By list slot: the trailing inspects that list answers for (service, slot).
+    bound: HashMap<Slot, Vec<(String, Slot)>>,
 }
 
 impl<T> Default for ApplyQueue<T> {
@@ -65,6 +69,7 @@ impl<T> Default for ApplyQueue<T> {
             front: 0,
             slots: VecDeque::new(),
             services: HashMap::new(),
+            bound: HashMap::new(),
         }
     }
 }
@@ -137,11 +142,29 @@ impl<T> ApplyQueue<T> {
         self.push(item);
     }
 
-    /// A full list is being issued: its result goes into the returned slot. It answers for
-    /// every trailing inspect not started yet, so those are dropped.
+    /// A full list is being issued: its answer goes into the returned slot. It answers for
+    /// every trailing inspect not started yet: those slots wait for it
+    /// ([`ApplyQueue::answer_bound`]) instead of an inspect.
     pub fn list_issued(&mut self) -> Slot {
-        self.drop_trailing();
-        self.take_slot(SlotState::Waiting)
+        let dirty: Vec<(String, Slot)> = self
+            .services
+            .iter_mut()
+            .filter_map(|(id, t)| t.dirty.take().map(|slot| (id.clone(), slot)))
+            .collect();
+        let slot = self.take_slot(SlotState::Waiting);
+        if !dirty.is_empty() {
+            self.bound.insert(slot, dirty);
+        }
+        slot
+    }
+
+    /// The list filling `list` answered: fill the slots of the trailing inspects it answers
+    /// for, each with `item(service, slot)`. Call before [`ApplyQueue::list_completed`].
+    pub fn answer_bound(&mut self, list: Slot, mut item: impl FnMut(&str, Slot) -> T) {
+        for (service_id, slot) in self.bound.remove(&list).unwrap_or_default() {
+            let answer = item(&service_id, slot);
+            self.fill(slot, Some(answer));
+        }
     }
 
     /// Forget every trailing inspect not started yet: a full list covers those services
@@ -158,7 +181,12 @@ impl<T> ApplyQueue<T> {
     }
 
     /// The list filling `slot` answered `item` (`None`: it failed, nothing to apply).
+    /// Trailing inspects it was to answer for and did not are left empty: the list after
+    /// the failure covers them.
     pub fn list_completed(&mut self, slot: Slot, item: Option<T>) {
+        for (_, bound) in self.bound.remove(&slot).unwrap_or_default() {
+            self.clear_slot(bound);
+        }
         self.fill(slot, item);
     }
 
@@ -329,12 +357,16 @@ mod tests {
 
     #[test]
     fn a_list_waits_for_earlier_inspects_and_answers_for_trailing_ones() {
+        // x, x, y, list, z: the list answers x's trailing inspect in x's second place.
         let mut q = ApplyQueue::new();
         let x = q.changed("x").unwrap();
         assert_eq!(q.changed("x"), None);
-        let list = q.list_issued();
         let y = q.changed("y").unwrap();
+        let list = q.list_issued();
+        let z = q.changed("z").unwrap();
+        q.answer_bound(list, |id, _| if id == "x" { "x2 (list)" } else { "?" });
         q.list_completed(list, Some("list"));
+        q.inspected("z", z.slot, Some("z1"));
         q.inspected("y", y.slot, Some("y1"));
         assert_eq!(
             q.pop(),
@@ -346,7 +378,19 @@ mod tests {
             None,
             "the list covers x"
         );
-        assert_eq!(drain(&mut q), ["x1", "list", "y1"]);
+        assert_eq!(drain(&mut q), ["x1", "x2 (list)", "y1", "list", "z1"]);
+    }
+
+    #[test]
+    fn a_failed_list_leaves_its_trailing_places_empty() {
+        let mut q = ApplyQueue::new();
+        let x = q.changed("x").unwrap();
+        assert_eq!(q.changed("x"), None);
+        let list = q.list_issued();
+        q.list_completed(list, Some("failed"));
+        q.inspected("x", x.slot, Some("x1"));
+        assert_eq!(drain(&mut q), ["x1", "failed"]);
+        assert!(q.is_empty());
     }
 
     #[test]
@@ -430,6 +474,7 @@ mod tests {
                             let next = match service {
                                 Some(id) => q.inspected(&id, slot, Some(item)),
                                 None => {
+                                    q.answer_bound(slot, |_, bound| (slot_event[&bound], issued));
                                     q.list_completed(slot, Some(item));
                                     None
                                 }

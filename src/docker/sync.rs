@@ -311,7 +311,15 @@ impl<E: Engine> SyncLoop<E> {
             } => {
                 self.lists_in_flight = self.lists_in_flight.saturating_sub(1);
                 let step = match result {
-                    Ok(specs) => Step::Listed { specs, request },
+                    Ok(specs) => {
+                        // Dirty services are answered by the list, in their own places.
+                        self.queue
+                            .answer_bound(slot, |service_id, _| Step::Inspected {
+                                service_id: service_id.to_owned(),
+                                spec: specs.iter().find(|s| s.id == service_id).cloned(),
+                            });
+                        Step::Listed { specs, request }
+                    }
                     Err(e) => {
                         self.on_failure(&e);
                         let outcome = Err(ControlError::Engine(e.to_string()));

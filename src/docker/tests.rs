@@ -808,3 +808,134 @@ async fn a_container_that_never_answers_does_not_hold_up_a_forced_sample() {
     );
     assert!(h.counters.stats_failures.load(Ordering::Relaxed) >= 1);
 }
+
+/// One step of a scripted history for the ordering property.
+#[derive(Debug, Clone)]
+enum Scripted {
+    /// Create service n (if it was never created) or update it (if it exists).
+    Change(u8),
+    /// Remove service n, if it exists.
+    Remove(u8),
+    /// Let one of the inspects in flight answer (picked by index).
+    Answer(usize),
+    /// A refresh command (a full list).
+    Refresh,
+}
+
+fn scripted() -> impl proptest::strategy::Strategy<Value = Scripted> {
+    use proptest::prelude::*;
+    prop_oneof![
+        5 => (0u8..5).prop_map(Scripted::Change),
+        1 => (0u8..5).prop_map(Scripted::Remove),
+        5 => any::<usize>().prop_map(Scripted::Answer),
+        1 => Just(Scripted::Refresh),
+    ]
+}
+
+/// Play `steps` against the source; returns, for every service change it emitted, the
+/// number of the step whose state the change shows, and whether the final registry matches
+/// the engine.
+async fn play(steps: Vec<Scripted>) -> (Vec<u64>, Vec<String>, bool) {
+    let engine = FakeEngine::new();
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let (_, mut sub) = h.registry.subscribe();
+    engine.with(|s| s.hold_inspects = true);
+    let mut created = [false; 5];
+    let mut removed_at: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refreshes = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        let n = i as u64 + 1; // the step's number, also its event's cursor and spec version
+        match step {
+            Scripted::Change(k) => {
+                let id = format!("s{k}");
+                let exists = engine.with(|s| s.services.contains_key(&id));
+                if exists || !created[k as usize] {
+                    created[k as usize] = true;
+                    let max = n.to_string();
+                    engine.put(&id, &format!("svc{k}"), n, &[("autoscaler.max", &max)]);
+                    feed.send(event(n as i64, &id)).unwrap();
+                }
+            }
+            Scripted::Remove(k) => {
+                let id = format!("s{k}");
+                if engine.with(|s| s.services.remove(&id)).is_some() {
+                    removed_at.insert(id.clone(), n);
+                    feed.send(removal(n as i64, &id)).unwrap();
+                }
+            }
+            Scripted::Answer(index) => {
+                engine.release(index);
+            }
+            Scripted::Refresh => {
+                let control = h.control.clone();
+                refreshes.push(tokio::spawn(async move { control.refresh().await }));
+            }
+        }
+        // The source takes each event before the engine changes again, so an inspect shows
+        // the state as of the event that asked for it (or later, for a trailing one).
+        run_for(Duration::from_micros(100)).await;
+    }
+    while engine.held() > 0 {
+        engine.release(0);
+        run_for(Duration::from_micros(100)).await;
+    }
+    for refresh in refreshes {
+        refresh.await.unwrap().unwrap();
+    }
+    let mut shown = Vec::new();
+    let mut keys = Vec::new();
+    for change in service_changes(&mut sub).await {
+        keys.push(format!(
+            "{} {}",
+            change.routing_key(),
+            change.kind.service_name().unwrap_or("")
+        ));
+        match &change.kind {
+            pipeline::ChangeKind::ServiceAdded { service }
+            | pipeline::ChangeKind::ServiceUpdated { service, .. } => {
+                shown.push(service.entry.version)
+            }
+            pipeline::ChangeKind::ServiceRemoved { id, .. } => shown.push(removed_at[id]),
+            _ => {}
+        }
+    }
+    let snap = h.registry.snapshot();
+    let expected: Vec<(String, u64)> = engine.with(|s| {
+        s.services
+            .values()
+            .map(|spec| (spec.name.clone(), spec.version))
+            .collect()
+    });
+    let actual: Vec<(String, u64)> = snap
+        .services
+        .iter()
+        .map(|(name, record)| (name.to_string(), record.entry.version))
+        .collect();
+    (shown, keys, expected == actual)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever order the inspects answer in, and with lists in between: the changes come out
+    /// in the order of the events (each shows a later step than the one before), and the
+    /// registry ends equal to the engine.
+    #[test]
+    fn changes_come_out_in_event_order_whatever_order_inspects_answer_in(
+        steps in proptest::collection::vec(scripted(), 1..60)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let (shown, keys, converged) = runtime.block_on(play(steps));
+        proptest::prop_assert!(
+            shown.windows(2).all(|w| w[0] < w[1]),
+            "changes out of event order: steps {:?} for {:?}", shown, keys
+        );
+        proptest::prop_assert!(converged, "the registry differs from the engine");
+    }
+}
