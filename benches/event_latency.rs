@@ -434,8 +434,12 @@ async fn main() {
     );
 
     println!("\nmedian over rounds of each round's figure (target: p50 <= 2 ms, p99 <= 10 ms)");
-    let mut labels: Vec<&String> = rows.iter().map(|(l, _, _)| l).collect();
-    labels.dedup();
+    let mut labels: Vec<&String> = Vec::new();
+    for (label, _, _) in &rows {
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
     let mut all_met = true;
     for label in labels {
         let p50s: Vec<f64> = rows.iter().filter(|r| &r.0 == label).map(|r| r.1).collect();
