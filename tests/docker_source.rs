@@ -14,10 +14,11 @@ use std::time::Duration;
 use bollard::query_parameters::UpdateServiceOptions;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 use pipeline::{ChangeKind, ServiceSpec, Update};
 use swarm::*;
 use swarm_registry::docker::engine::{
-    EngineEvent, EngineIdentity, EventCursor, RunningTask, StatsReading,
+    EngineEvent, EngineIdentity, EventCursor, EventSubject, RunningTask, StatsReading,
 };
 use swarm_registry::docker::{BollardEngine, Engine, EngineError};
 use tokio::sync::RwLock;
@@ -325,10 +326,34 @@ async fn an_engine_outage_keeps_services_stale_and_loses_no_change() {
     drop((kept_svc, doomed_svc));
 }
 
-/// The real engine, counting inspects per service.
+/// The real engine, counting inspects and service change events per service.
 struct CountingEngine {
     inner: BollardEngine,
     inspects: Mutex<HashMap<String, u64>>,
+    service_events: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl CountingEngine {
+    fn new(inner: BollardEngine) -> Self {
+        CountingEngine {
+            inner,
+            inspects: Mutex::new(HashMap::new()),
+            service_events: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn inspects_of(&self, id: &str) -> u64 {
+        self.inspects.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+
+    fn service_events_of(&self, id: &str) -> u64 {
+        self.service_events
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Engine for CountingEngine {
@@ -357,7 +382,23 @@ impl Engine for CountingEngine {
         &self,
         since: Option<EventCursor>,
     ) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
-        self.inner.events(since)
+        let counts = self.service_events.clone();
+        self.inner
+            .events(since)
+            .inspect(move |item| {
+                if let Ok(EngineEvent {
+                    subject: EventSubject::ServiceChanged { service_id },
+                    ..
+                }) = item
+                {
+                    *counts
+                        .lock()
+                        .unwrap()
+                        .entry(service_id.clone())
+                        .or_default() += 1;
+                }
+            })
+            .boxed()
     }
     fn running_tasks<'a>(
         &'a self,
@@ -389,10 +430,7 @@ async fn fifty_rapid_updates_cost_few_inspects_and_end_right() {
     let config = test_config();
     let inner = BollardEngine::connect(&config.docker_url, config.request_timeout).unwrap();
     let docker = inner.docker().clone();
-    let engine = Arc::new(CountingEngine {
-        inner,
-        inspects: Mutex::new(HashMap::new()),
-    });
+    let engine = Arc::new(CountingEngine::new(inner));
     let source = start_source_with(Some(engine.clone()), config).await;
     wait_for(
         &source.registry,
@@ -430,17 +468,122 @@ async fn fifty_rapid_updates_cost_few_inspects_and_end_right() {
         },
     )
     .await;
-    let inspects = engine
-        .inspects
-        .lock()
-        .unwrap()
-        .get(&svc.id)
-        .copied()
-        .unwrap_or(0);
+    // No timer holds an event back: each update's event is inspected as it arrives, or, if
+    // an inspect of the service is in flight, folded into one trailing inspect. Never more
+    // inspects than events.
+    let inspects = engine.inspects_of(&svc.id);
+    let events = engine.service_events_of(&svc.id);
+    println!("50 rapid updates: {events} service events, {inspects} inspects");
     assert!(
-        (1..=15).contains(&inspects),
-        "{inspects} inspects for 50 updates"
+        (1..=events).contains(&inspects) && events >= 50,
+        "{inspects} inspects for {events} events of 50 updates"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_of_fifty_tasks_costs_few_inspects() {
+    if !swarm_available("rolling_update") {
+        return;
+    }
+    let _shared = ENGINE.read().await;
+    let name = unique("roll");
+    let svc = create_service(
+        &name,
+        &[("autoscaler.enabled", "true")],
+        50,
+        &["sleep", "3600"],
+    );
+    let config = test_config();
+    let inner = BollardEngine::connect(&config.docker_url, config.request_timeout).unwrap();
+    let engine = Arc::new(CountingEngine::new(inner));
+    let source = start_source_with(Some(engine.clone()), config).await;
+    let r = &source.registry;
+    let settled = |version: Option<u64>| {
+        let name = name.clone();
+        let source = &source;
+        async move {
+            // Refresh (a full list) until the manager's own count has caught up.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+            loop {
+                source.control.refresh().await.unwrap();
+                let snap = source.registry.snapshot();
+                let entry = snap.services.get(name.as_str()).map(|e| e.entry.clone());
+                if entry.as_ref().is_some_and(|e| {
+                    e.running_tasks == Some(50) && version.is_none_or(|v| e.version == v)
+                }) {
+                    return snap;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never 50 running: {entry:?}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    settled(None).await;
+
+    let (inspects, events) = (
+        engine.inspects_of(&svc.id),
+        engine.service_events_of(&svc.id),
+    );
+    docker(&[
+        "service",
+        "update",
+        "--detach",
+        "--update-parallelism",
+        "10",
+        "--update-delay",
+        "0s",
+        "--env-add",
+        "ROLLED=1",
+        &name,
+    ]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let state = docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+            &name,
+        ]);
+        if state == "completed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rolling update never completed ({state})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let version: u64 = docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Version.Index}}",
+        &name,
+    ])
+    .parse()
+    .unwrap();
+    let shown = r
+        .snapshot()
+        .services
+        .get(name.as_str())
+        .map(|e| (e.entry.version, e.entry.running_tasks));
+    let snap = settled(Some(version)).await;
+    let inspects = engine.inspects_of(&svc.id) - inspects;
+    let events = engine.service_events_of(&svc.id) - events;
+    println!(
+        "rolling update of 50 tasks: {events} service events, {inspects} inspects, {} engine events in all; \
+         at completion the registry showed (version, running) {shown:?} (engine: version {version})",
+        source.counters.events.load(Ordering::Relaxed)
+    );
+    assert!(
+        inspects <= events,
+        "{inspects} inspects for {events} service events"
+    );
+    assert_eq!(snap.services[name.as_str()].entry.desired_tasks, Some(50));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,8 +613,25 @@ async fn metrics_tell_a_busy_task_from_an_idle_one() {
         },
     )
     .await;
-    let revision = source.control.sample_metrics(&busy).await.unwrap();
-    source.control.sample_metrics(&idle).await.unwrap();
+    // The registry counts a task running from its container's start event, before the
+    // manager's task list (which sampling reads) says so: sample until both are sampled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let revision = loop {
+        let revision = source.control.sample_metrics(&busy).await.unwrap();
+        source.control.sample_metrics(&idle).await.unwrap();
+        let snap = source.registry.snapshot();
+        if [&busy, &idle]
+            .iter()
+            .all(|n| snap.metrics.contains_key(n.as_str()))
+        {
+            break revision;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the manager never listed the running tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let snap = source.registry.snapshot();
     assert!(snap.revision >= revision);
     let b = &snap.metrics[busy.as_str()].metrics;

@@ -21,7 +21,8 @@ use pipeline::{ServiceMode, ServiceSpec};
 use tokio::time::Instant;
 
 use super::engine::{
-    Engine, EngineError, EngineEvent, EngineIdentity, EventCursor, RunningTask, StatsReading,
+    Engine, EngineError, EngineEvent, EngineIdentity, EventCursor, EventSubject, RunningTask,
+    StatsReading,
 };
 use super::stats::{memory_used, MemoryFigures};
 
@@ -164,6 +165,9 @@ impl Engine for BollardEngine {
                 "type".to_owned(),
                 vec!["service".to_owned(), "container".to_owned()],
             ),
+            // Service create, update and remove; task containers starting and dying. Docker
+            // matches actions across both types, so a container's create and remove pass too
+            // (and are ignored).
             (
                 "event".to_owned(),
                 ["create", "update", "remove", "start", "die"]
@@ -338,7 +342,7 @@ pub fn service_spec(service: &Service) -> Result<ServiceSpec, String> {
     })
 }
 
-/// An event reduced to its cursor and the service it concerns.
+/// An event reduced to its cursor and what it says happened to which service.
 pub fn engine_event(message: &EventMessage) -> EngineEvent {
     let cursor = message
         .time_nano
@@ -346,15 +350,31 @@ pub fn engine_event(message: &EventMessage) -> EngineEvent {
         .or_else(|| message.time.map(|t| t.saturating_mul(1_000_000_000)))
         .map(EventCursor);
     let actor = message.actor.as_ref();
-    let service_id = match message.typ {
-        Some(EventMessageTypeEnum::SERVICE) => actor.and_then(|a| a.id.clone()),
-        Some(EventMessageTypeEnum::CONTAINER) => actor
-            .and_then(|a| a.attributes.as_ref())
-            .and_then(|attrs| attrs.get(SERVICE_ID_LABEL).cloned()),
-        _ => None,
-    }
-    .filter(|id| !id.is_empty());
-    EngineEvent { cursor, service_id }
+    let action = message.action.as_deref().unwrap_or_default();
+    let subject = match message.typ {
+        Some(EventMessageTypeEnum::SERVICE) => {
+            match actor.and_then(|a| a.id.clone()).filter(|id| !id.is_empty()) {
+                Some(service_id) if action == "remove" => {
+                    EventSubject::ServiceRemoved { service_id }
+                }
+                Some(service_id) => EventSubject::ServiceChanged { service_id },
+                None => EventSubject::Other,
+            }
+        }
+        Some(EventMessageTypeEnum::CONTAINER) => {
+            let service_id = actor
+                .and_then(|a| a.attributes.as_ref())
+                .and_then(|attrs| attrs.get(SERVICE_ID_LABEL).cloned())
+                .filter(|id| !id.is_empty());
+            match (service_id, action) {
+                (Some(service_id), "start") => EventSubject::TaskContainerStarted { service_id },
+                (Some(service_id), "die") => EventSubject::TaskContainerDied { service_id },
+                _ => EventSubject::Other,
+            }
+        }
+        _ => EventSubject::Other,
+    };
+    EngineEvent { cursor, subject }
 }
 
 /// A task that is running now, or `None`.
@@ -462,39 +482,92 @@ mod tests {
         assert!(err.contains("no name"), "{err}");
     }
 
+    fn event_message(value: serde_json::Value) -> EventMessage {
+        serde_json::from_value(value).unwrap()
+    }
+
     #[test]
-    fn events_name_their_service() {
-        let e: EventMessage = serde_json::from_value(json!({
+    fn service_events_say_what_happened_to_which_service() {
+        let ev = engine_event(&event_message(json!({
             "Type": "service", "Action": "update",
             "Actor": {"ID": "svc1", "Attributes": {"name": "web"}},
             "time": 1700000000, "timeNano": 1700000000123456789i64
-        }))
-        .unwrap();
-        let ev = engine_event(&e);
-        assert_eq!(ev.service_id.as_deref(), Some("svc1"));
-        assert_eq!(ev.cursor, Some(EventCursor(1_700_000_000_123_456_789)));
-
-        let e: EventMessage = serde_json::from_value(json!({
-            "Type": "container", "Action": "die",
-            "Actor": {"ID": "c1", "Attributes": {"com.docker.swarm.service.id": "svc2"}},
-            "time": 1700000001
-        }))
-        .unwrap();
-        let ev = engine_event(&e);
-        assert_eq!(ev.service_id.as_deref(), Some("svc2"));
-        assert_eq!(ev.cursor, Some(EventCursor(1_700_000_001_000_000_000)));
-
-        let plain: EventMessage = serde_json::from_value(json!({
-            "Type": "container", "Action": "start", "Actor": {"ID": "c2", "Attributes": {}}
-        }))
-        .unwrap();
+        })));
         assert_eq!(
-            engine_event(&plain),
-            EngineEvent {
-                cursor: None,
-                service_id: None
+            ev.subject,
+            EventSubject::ServiceChanged {
+                service_id: "svc1".into()
             }
         );
+        assert_eq!(ev.cursor, Some(EventCursor(1_700_000_000_123_456_789)));
+        let created = engine_event(&event_message(json!({
+            "Type": "service", "Action": "create", "Actor": {"ID": "svc1"}
+        })));
+        assert_eq!(created.subject.service_id(), Some("svc1"));
+        assert!(matches!(
+            created.subject,
+            EventSubject::ServiceChanged { .. }
+        ));
+        let removed = engine_event(&event_message(json!({
+            "Type": "service", "Action": "remove", "Actor": {"ID": "svc1"}
+        })));
+        assert_eq!(
+            removed.subject,
+            EventSubject::ServiceRemoved {
+                service_id: "svc1".into()
+            }
+        );
+        // No action at all: something changed, look at the service.
+        let bare = engine_event(&event_message(
+            json!({"Type": "service", "Actor": {"ID": "s"}}),
+        ));
+        assert!(matches!(bare.subject, EventSubject::ServiceChanged { .. }));
+        let nameless = engine_event(&event_message(json!({
+            "Type": "service", "Action": "update", "Actor": {"ID": ""}
+        })));
+        assert_eq!(nameless.subject, EventSubject::Other);
+    }
+
+    #[test]
+    fn task_container_events_name_their_service() {
+        let container = |action: &str| {
+            engine_event(&event_message(json!({
+                "Type": "container", "Action": action,
+                "Actor": {"ID": "c1", "Attributes": {"com.docker.swarm.service.id": "svc2"}},
+                "time": 1700000001
+            })))
+        };
+        let died = container("die");
+        assert_eq!(
+            died.subject,
+            EventSubject::TaskContainerDied {
+                service_id: "svc2".into()
+            }
+        );
+        assert_eq!(died.cursor, Some(EventCursor(1_700_000_001_000_000_000)));
+        assert_eq!(
+            container("start").subject,
+            EventSubject::TaskContainerStarted {
+                service_id: "svc2".into()
+            }
+        );
+        assert_eq!(container("create").subject, EventSubject::Other);
+        assert_eq!(container("remove").subject, EventSubject::Other);
+
+        let plain = engine_event(&event_message(json!({
+            "Type": "container", "Action": "start", "Actor": {"ID": "c2", "Attributes": {}}
+        })));
+        assert_eq!(
+            plain,
+            EngineEvent {
+                cursor: None,
+                subject: EventSubject::Other
+            }
+        );
+        let network = engine_event(&event_message(json!({
+            "Type": "network", "Action": "create", "Actor": {"ID": "n1"}
+        })));
+        assert_eq!(network.subject, EventSubject::Other);
     }
 
     #[test]

@@ -16,11 +16,6 @@ pub struct SwarmConfig {
     pub refresh_interval: Duration,
     /// METRICS_REFRESH_INTERVAL_SEC: the period of the metrics sampling round.
     pub metrics_interval: Duration,
-    /// EVENT_DEBOUNCE_MS: after an inspect, further events for the same service wait for this
-    /// much quiet before the next inspect.
-    pub debounce_quiet: Duration,
-    /// EVENT_DEBOUNCE_MAX_MS: the longest an event may wait in a burst before its inspect.
-    pub debounce_max: Duration,
     /// EVENT_RECONNECT_MIN_MS / EVENT_RECONNECT_MAX_MS: the first and the longest pause
     /// between attempts to reopen the event stream (doubling, with jitter).
     pub reconnect_min: Duration,
@@ -57,16 +52,6 @@ pub const METRICS_REFRESH_INTERVAL_SEC: Setting = Setting::new(
     "METRICS_REFRESH_INTERVAL_SEC",
     "60",
     "seconds between stats samplings of every registered service",
-);
-pub const EVENT_DEBOUNCE_MS: Setting = Setting::new(
-    "EVENT_DEBOUNCE_MS",
-    "100",
-    "quiet window for coalescing a burst of events into one inspect",
-);
-pub const EVENT_DEBOUNCE_MAX_MS: Setting = Setting::new(
-    "EVENT_DEBOUNCE_MAX_MS",
-    "1000",
-    "longest an event waits in a burst before its inspect (at least EVENT_DEBOUNCE_MS)",
 );
 pub const EVENT_RECONNECT_MIN_MS: Setting = Setting::new(
     "EVENT_RECONNECT_MIN_MS",
@@ -105,8 +90,6 @@ pub const SETTINGS: &[Setting] = &[
     DOCKER_TIMEOUT_SEC,
     REFRESH_INTERVAL_SEC,
     METRICS_REFRESH_INTERVAL_SEC,
-    EVENT_DEBOUNCE_MS,
-    EVENT_DEBOUNCE_MAX_MS,
     EVENT_RECONNECT_MIN_MS,
     EVENT_RECONNECT_MAX_MS,
     WATCHDOG_GRACE_MS,
@@ -125,8 +108,6 @@ impl Default for SwarmConfig {
             metrics_interval: Duration::from_secs(
                 const { METRICS_REFRESH_INTERVAL_SEC.default_number() },
             ),
-            debounce_quiet: Duration::from_millis(const { EVENT_DEBOUNCE_MS.default_number() }),
-            debounce_max: Duration::from_millis(const { EVENT_DEBOUNCE_MAX_MS.default_number() }),
             reconnect_min: Duration::from_millis(const { EVENT_RECONNECT_MIN_MS.default_number() }),
             reconnect_max: Duration::from_millis(const { EVENT_RECONNECT_MAX_MS.default_number() }),
             watchdog_grace: Duration::from_millis(const { WATCHDOG_GRACE_MS.default_number() }),
@@ -150,17 +131,6 @@ impl SwarmConfig {
                 "expected a unix://, tcp://, http:// or https:// address",
             ));
         }
-        let debounce_quiet = checks.ok(vars.millis(&EVENT_DEBOUNCE_MS));
-        let debounce_max = checks.ok(vars.millis(&EVENT_DEBOUNCE_MAX_MS));
-        if let (Some(quiet), Some(max)) = (debounce_quiet, debounce_max) {
-            if max < quiet {
-                checks.push(ConfigError::new(
-                    EVENT_DEBOUNCE_MAX_MS.name,
-                    &max.as_millis().to_string(),
-                    "must be at least EVENT_DEBOUNCE_MS",
-                ));
-            }
-        }
         let (reconnect_min, reconnect_max) = checks
             .ok_all(vars.reconnect_bounds(&EVENT_RECONNECT_MIN_MS, &EVENT_RECONNECT_MAX_MS))
             .unwrap_or_default();
@@ -169,8 +139,6 @@ impl SwarmConfig {
             request_timeout: checks.take(vars.seconds(&DOCKER_TIMEOUT_SEC)),
             refresh_interval: checks.take(vars.seconds(&REFRESH_INTERVAL_SEC)),
             metrics_interval: checks.take(vars.seconds(&METRICS_REFRESH_INTERVAL_SEC)),
-            debounce_quiet: debounce_quiet.unwrap_or_default(),
-            debounce_max: debounce_max.unwrap_or_default(),
             reconnect_min,
             reconnect_max,
             watchdog_grace: checks.take(vars.millis(&WATCHDOG_GRACE_MS)),
@@ -198,23 +166,15 @@ mod tests {
     fn values_are_read_and_checked() {
         let c = SwarmConfig::from_vars(&Vars::from_pairs([
             ("DOCKER_BASE_URL", "tcp://10.0.0.1:2376"),
-            ("EVENT_DEBOUNCE_MS", "0"),
             ("STATS_CONCURRENCY", "3"),
         ]))
         .unwrap();
         assert_eq!(c.docker_url, "tcp://10.0.0.1:2376");
-        assert_eq!(c.debounce_quiet, Duration::ZERO);
         assert_eq!(c.stats_concurrency, 3);
 
         let e = SwarmConfig::from_vars(&Vars::from_pairs([("DOCKER_BASE_URL", "/var/run/x")]))
             .unwrap_err();
         assert_eq!(e.first().name, "DOCKER_BASE_URL");
-        let e = SwarmConfig::from_vars(&Vars::from_pairs([
-            ("EVENT_DEBOUNCE_MS", "500"),
-            ("EVENT_DEBOUNCE_MAX_MS", "100"),
-        ]))
-        .unwrap_err();
-        assert_eq!(e.first().name, "EVENT_DEBOUNCE_MAX_MS");
         let e =
             SwarmConfig::from_vars(&Vars::from_pairs([("STATS_CONCURRENCY", "0")])).unwrap_err();
         assert_eq!(e.first().name, "STATS_CONCURRENCY");
@@ -227,8 +187,6 @@ mod tests {
             "DOCKER_TIMEOUT_SEC",
             "REFRESH_INTERVAL_SEC",
             "METRICS_REFRESH_INTERVAL_SEC",
-            "EVENT_DEBOUNCE_MS",
-            "EVENT_DEBOUNCE_MAX_MS",
             "EVENT_RECONNECT_MIN_MS",
             "EVENT_RECONNECT_MAX_MS",
             "WATCHDOG_GRACE_MS",

@@ -1,6 +1,6 @@
 //! The one narrow interface between the Swarm source and a Docker engine.
 //!
-//! Everything the source needs from Docker is six calls. The reconnect, coalescing, watchdog
+//! Everything the source needs from Docker is six calls. The reconnect, ordering, watchdog
 //! and metrics logic is written against this trait only, so tests can drive it with an engine
 //! that stalls, fails or lies on cue, which a real dockerd cannot be made to do reliably.
 
@@ -47,9 +47,39 @@ impl EventCursor {
 pub struct EngineEvent {
     /// Where the event sits in the engine's history; `None` if the engine gave no time.
     pub cursor: Option<EventCursor>,
-    /// The id of the service the event is about (a service event, or a container event of one
-    /// of its tasks); `None` for events that concern no service.
-    pub service_id: Option<String>,
+    /// What happened, to which service.
+    pub subject: EventSubject,
+}
+
+/// What an event says happened. Service events carry no spec (only the service's name), so a
+/// created or updated service must be inspected; a removal and a task container starting or
+/// dying are complete facts in themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSubject {
+    /// A service was created, updated, or changed in a way the source does not tell apart.
+    ServiceChanged { service_id: String },
+    /// A service was removed. Docker never reuses a service id, so it is gone for good.
+    ServiceRemoved { service_id: String },
+    /// A container of one of the service's tasks started on the engine we talk to.
+    TaskContainerStarted { service_id: String },
+    /// A container of one of the service's tasks stopped running on the engine we talk to.
+    TaskContainerDied { service_id: String },
+    /// Anything else: a container that belongs to no service, or an action the source does
+    /// not act on (a task container being created or removed).
+    Other,
+}
+
+impl EventSubject {
+    /// The service the event is about, if any.
+    pub fn service_id(&self) -> Option<&str> {
+        match self {
+            EventSubject::ServiceChanged { service_id }
+            | EventSubject::ServiceRemoved { service_id }
+            | EventSubject::TaskContainerStarted { service_id }
+            | EventSubject::TaskContainerDied { service_id } => Some(service_id),
+            EventSubject::Other => None,
+        }
+    }
 }
 
 /// A running task of a service, as the metrics collector needs it.

@@ -4,8 +4,9 @@
 //!   [`bollard_engine`] implements it for a real daemon.
 //! - [`sync`]: events as hints, periodic lists as the authority, reconnect with `since`,
 //!   the stall watchdog, refresh commands.
+//! - [`coalesce`]: the pure in-flight/dirty tracker and the queue that applies answers in
+//!   event order; [`running`]: running task counts moved by container events.
 //! - [`sampler`]: stats rounds and forced samples; [`stats`] is their pure arithmetic.
-//! - [`coalesce`]: the pure burst-coalescing policy (reconnect pacing is [`crate::backoff`]).
 //!
 //! Connection failures are never fatal: they become the registry's source status, and the
 //! last known services stay readable, marked stale.
@@ -14,6 +15,7 @@ pub mod bollard_engine;
 pub mod coalesce;
 pub mod config;
 pub mod engine;
+pub mod running;
 pub mod sampler;
 pub mod stats;
 pub mod sync;

@@ -1,30 +1,36 @@
 //! Keeping the registry's service list true: events as hints, polls as the authority.
 //!
-//! One task owns the conversation with the engine about services, so a full list is never
-//! answered before an inspect that was issued earlier and folded later (the fold trusts a list
-//! over anything it knows). It reacts to:
-//! - events: the first event for a quiet service inspects it at once, bursts coalesce
-//!   ([`Coalescer`]);
+//! One task owns the conversation with the engine about services and is the only one that
+//! folds what it learns. Requests to the engine run concurrently (at most one inspect per
+//! service), but what they answer is applied in one order, that of the events that asked for
+//! them ([`ApplyQueue`]): a change never overtakes the change of an earlier event, and a full
+//! list is never folded over an inspect issued before it (the fold trusts a list over
+//! anything it knows). The task reacts to:
+//! - events: a service created or updated is inspected at once, or, while an inspect of it is
+//!   in flight, once more when that completes; a removal is applied from the event itself; a
+//!   task container starting or dying moves the running count at once ([`RunningCounts`]);
 //! - the event stream ending or failing: reconnect after a backoff, resuming from the last
 //!   event seen, then list everything to cover what the engine no longer replays;
 //! - the periodic poll: a full list; if it finds a difference no event announced, the stream
 //!   is presumed stalled and reopened (the watchdog);
 //! - refresh commands: one list answers every request waiting at that moment.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures::stream::BoxStream;
-use futures::StreamExt;
-use pipeline::{Change, ChangeKind, Input, Registry, SourceStatus, Submitted};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered};
+use futures::{FutureExt, StreamExt};
+use pipeline::{Change, ChangeKind, Input, Registry, ServiceSpec, SourceStatus, Submitted};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::coalesce::{Coalescer, Verdict};
+use super::coalesce::{ApplyQueue, InspectOrder, Slot};
 use super::config::SwarmConfig;
-use super::engine::{Engine, EngineError, EngineEvent, EventCursor};
+use super::engine::{Engine, EngineError, EngineEvent, EventCursor, EventSubject};
+use super::running::RunningCounts;
 use crate::backoff::Backoff;
 use crate::control::{CommandReply, ControlError};
 use crate::telemetry::SourceCounters;
@@ -42,6 +48,48 @@ enum ListReason {
     Command,
 }
 
+/// A full list on its way: why it was made, when, and who waits for its revision.
+struct ListRequest {
+    reason: ListReason,
+    started: Instant,
+    replies: Vec<CommandReply>,
+}
+
+/// What a request to the engine answered, with what is needed to put it in its place.
+enum Answer {
+    Inspect {
+        service_id: String,
+        slot: Slot,
+        result: Result<Option<ServiceSpec>, EngineError>,
+    },
+    List {
+        slot: Slot,
+        request: ListRequest,
+        result: Result<Vec<ServiceSpec>, EngineError>,
+    },
+}
+
+/// One thing to fold, in its place in the apply order.
+enum Step {
+    /// A service as an inspect found it; `None`: it no longer exists.
+    Inspected {
+        service_id: String,
+        spec: Option<ServiceSpec>,
+    },
+    /// An event said the service was removed.
+    Removed { service_id: String },
+    /// A task container of the service started (+1) or died (-1) on this engine.
+    Container { service_id: String, step: i64 },
+    /// Every service, from a full list.
+    Listed {
+        specs: Vec<ServiceSpec>,
+        request: ListRequest,
+    },
+    /// The engine failed: the source is unreachable. Ordered like the rest so that an
+    /// earlier answer, applied later, does not mark the engine reachable again.
+    Failed(String),
+}
+
 /// Services a poll found changed without any event about them, waiting for a short grace in
 /// case their events are merely late.
 struct Suspects {
@@ -56,10 +104,17 @@ pub struct SyncLoop<E: Engine> {
     registry: Registry,
     counters: Arc<SourceCounters>,
     config: SwarmConfig,
-    coalescer: Coalescer,
+    queue: ApplyQueue<Step>,
+    /// Inspects and lists in flight.
+    requests: FuturesUnordered<BoxFuture<'static, Answer>>,
+    lists_in_flight: usize,
+    counts: RunningCounts,
     backoff: Backoff,
     /// The last event seen: where the next subscription resumes.
     cursor: Option<EventCursor>,
+    /// Where the current subscription resumed: events up to it were seen before (Docker's
+    /// `since` is inclusive), so their container steps are not counted twice.
+    resumed_from: Option<EventCursor>,
     events: Option<EventStream>,
     /// When to (re)open the event stream; `Some` exactly while it is closed.
     reconnect_at: Option<Instant>,
@@ -79,13 +134,17 @@ impl<E: Engine> SyncLoop<E> {
         config: SwarmConfig,
     ) -> Self {
         SyncLoop {
-            coalescer: Coalescer::new(config.debounce_quiet, config.debounce_max),
             backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
+            queue: ApplyQueue::new(),
+            requests: FuturesUnordered::new(),
+            lists_in_flight: 0,
+            counts: RunningCounts::new(),
             engine,
             registry,
             counters,
             config,
             cursor: None,
+            resumed_from: None,
             events: None,
             reconnect_at: Some(Instant::now()),
             opened_before: false,
@@ -106,96 +165,243 @@ impl<E: Engine> SyncLoop<E> {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut refreshes_open = true;
         loop {
-            let coalesce_at = self.coalescer.next_deadline();
-            let judge_at = self.suspects.as_ref().map(|s| s.judge_at);
-            let reconnect_at = self.reconnect_at;
-            let step = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                item = next_event(&mut self.events) => self.on_event(item).await,
-                _ = sleep_until(reconnect_at) => self.reconnect().await,
-                _ = sleep_until(coalesce_at) => self.inspect_due().await,
-                reply = refreshes.recv(), if refreshes_open => match reply {
-                    Some(reply) => self.refresh(reply, &mut refreshes).await,
-                    None => {
-                        refreshes_open = false;
-                        Ok(())
-                    }
-                },
-                _ = poll.tick() => self.poll().await,
-                _ = sleep_until(judge_at) => {
-                    self.judge();
-                    Ok(())
-                }
-            };
-            if step.is_err() {
+            if self.apply_ready().await.is_err() {
                 tracing::info!("registry stopped; the swarm source ends");
                 return;
+            }
+            let judge_at = self.suspects.as_ref().map(|s| s.judge_at);
+            let reconnect_at = self.reconnect_at;
+            // A list answers requests made before it was issued: one at a time, and those
+            // arriving meanwhile share the next one.
+            let listing = self.lists_in_flight > 0;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                Some(answer) = self.requests.next(), if !self.requests.is_empty() => {
+                    self.on_answer(answer);
+                }
+                item = next_event(&mut self.events) => self.on_event(item),
+                _ = sleep_until(reconnect_at) => self.reconnect().await,
+                reply = refreshes.recv(), if refreshes_open && !listing => match reply {
+                    Some(reply) => self.refresh(reply, &mut refreshes),
+                    None => refreshes_open = false,
+                },
+                _ = poll.tick(), if !listing => self.poll(),
+                _ = sleep_until(judge_at) => self.judge(),
             }
         }
     }
 
-    async fn on_event(
-        &mut self,
-        item: Option<Result<EngineEvent, EngineError>>,
-    ) -> Result<(), Stopped> {
-        match item {
+    fn on_event(&mut self, item: Option<Result<EngineEvent, EngineError>>) {
+        let event = match item {
             None => {
                 tracing::info!(
                     address = self.engine.address(),
                     "docker event stream ended; reopening"
                 );
                 self.close_events();
-                Ok(())
+                return;
             }
-            Some(Err(e)) => self.on_failure(&e).await,
-            Some(Ok(event)) => {
-                self.counters.events.fetch_add(1, Ordering::Relaxed);
-                self.backoff.reset();
-                if event.cursor > self.cursor {
-                    self.cursor = event.cursor;
+            Some(Err(e)) => return self.on_failure(&e),
+            Some(Ok(event)) => event,
+        };
+        self.counters.events.fetch_add(1, Ordering::Relaxed);
+        self.backoff.reset();
+        if event.cursor > self.cursor {
+            self.cursor = event.cursor;
+        }
+        let Some(id) = event.subject.service_id() else {
+            return;
+        };
+        self.last_hint.insert(id.to_owned(), Instant::now());
+        let replayed = event.cursor.is_some() && event.cursor <= self.resumed_from;
+        match event.subject {
+            EventSubject::ServiceChanged { service_id } => {
+                if let Some(order) = self.queue.changed(&service_id) {
+                    self.start_inspect(order);
                 }
-                let Some(id) = event.service_id else {
-                    return Ok(());
+            }
+            EventSubject::ServiceRemoved { service_id } => {
+                let step = Step::Removed {
+                    service_id: service_id.clone(),
                 };
-                let now = Instant::now();
-                self.last_hint.insert(id.clone(), now);
-                match self.coalescer.note(&id, now) {
-                    Verdict::InspectNow => self.inspect(&id).await,
-                    Verdict::Deferred => Ok(()),
+                self.queue.removed(&service_id, step);
+            }
+            EventSubject::TaskContainerStarted { service_id } if !replayed => {
+                self.queue.push(Step::Container {
+                    service_id,
+                    step: 1,
+                });
+            }
+            EventSubject::TaskContainerDied { service_id } if !replayed => {
+                self.queue.push(Step::Container {
+                    service_id,
+                    step: -1,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn start_inspect(&mut self, order: InspectOrder) {
+        self.counters.inspects.fetch_add(1, Ordering::Relaxed);
+        let engine = self.engine.clone();
+        let InspectOrder { service_id, slot } = order;
+        self.requests.push(
+            async move {
+                let result = engine.inspect_service(&service_id).await;
+                Answer::Inspect {
+                    service_id,
+                    slot,
+                    result,
                 }
+            }
+            .boxed(),
+        );
+    }
+
+    fn start_list(&mut self, reason: ListReason, replies: Vec<CommandReply>) {
+        let slot = self.queue.list_issued();
+        self.lists_in_flight += 1;
+        let engine = self.engine.clone();
+        let request = ListRequest {
+            reason,
+            started: Instant::now(),
+            replies,
+        };
+        self.requests.push(
+            async move {
+                let result = engine.list_services().await;
+                Answer::List {
+                    slot,
+                    request,
+                    result,
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    /// Put what the engine answered in its place; start a dirty service's trailing inspect.
+    fn on_answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Inspect {
+                service_id,
+                slot,
+                result,
+            } => {
+                let step = match result {
+                    Ok(spec) => Step::Inspected {
+                        service_id: service_id.clone(),
+                        spec,
+                    },
+                    Err(e) => {
+                        self.on_failure(&e);
+                        Step::Failed(e.to_string())
+                    }
+                };
+                if let Some(order) = self.queue.inspected(&service_id, slot, Some(step)) {
+                    self.start_inspect(order);
+                }
+            }
+            Answer::List {
+                slot,
+                request,
+                result,
+            } => {
+                self.lists_in_flight = self.lists_in_flight.saturating_sub(1);
+                let step = match result {
+                    Ok(specs) => {
+                        // Dirty services are answered by the list, in their own places.
+                        self.queue
+                            .answer_bound(slot, |service_id, _| Step::Inspected {
+                                service_id: service_id.to_owned(),
+                                spec: specs.iter().find(|s| s.id == service_id).cloned(),
+                            });
+                        Step::Listed { specs, request }
+                    }
+                    Err(e) => {
+                        self.on_failure(&e);
+                        let outcome = Err(ControlError::Engine(e.to_string()));
+                        for reply in request.replies {
+                            let _ = reply.send(outcome.clone());
+                        }
+                        Step::Failed(e.to_string())
+                    }
+                };
+                self.queue.list_completed(slot, Some(step));
             }
         }
     }
 
-    async fn inspect_due(&mut self) -> Result<(), Stopped> {
-        for id in self.coalescer.take_due(Instant::now()) {
-            self.inspect(&id).await?;
-            if self.events.is_none() {
-                break; // the engine failed; the reconnect's full list covers the rest
-            }
+    /// Fold every step whose turn has come. The error means the registry is gone.
+    async fn apply_ready(&mut self) -> Result<(), Stopped> {
+        while let Some(step) = self.queue.pop() {
+            self.apply(step).await?;
         }
         Ok(())
     }
 
-    async fn inspect(&mut self, id: &str) -> Result<(), Stopped> {
-        self.counters.inspects.fetch_add(1, Ordering::Relaxed);
-        let input = match self.engine.inspect_service(id).await {
-            Ok(Some(spec)) => Input::Upsert(spec),
-            Ok(None) => Input::Remove { id: id.to_owned() },
-            Err(e) => return self.on_failure(&e).await,
-        };
-        self.submit(input).await?;
-        self.on_contact();
+    async fn apply(&mut self, step: Step) -> Result<(), Stopped> {
+        let now = Instant::now();
+        match step {
+            Step::Inspected {
+                spec: Some(spec), ..
+            } => {
+                let spec = self.counts.reported(spec, now);
+                self.submit(Input::Upsert(spec)).await?;
+                self.on_contact();
+            }
+            Step::Inspected {
+                service_id,
+                spec: None,
+            }
+            | Step::Removed { service_id } => {
+                self.counts.forget(&service_id);
+                self.submit(Input::Remove { id: service_id }).await?;
+                self.on_contact();
+            }
+            Step::Container { service_id, step } => {
+                if let Some(spec) = self.counts.container_step(&service_id, step, now) {
+                    self.submit(Input::Upsert(spec)).await?;
+                }
+            }
+            Step::Listed { specs, request } => {
+                let specs: Vec<ServiceSpec> = specs
+                    .into_iter()
+                    .map(|spec| self.counts.reported(spec, now))
+                    .collect();
+                let ids: HashSet<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+                self.counts.keep_only(&ids);
+                let submitted = self.submit(Input::FullList(specs)).await?;
+                self.counters.full_lists.fetch_add(1, Ordering::Relaxed);
+                self.on_contact();
+                if request.reason == ListReason::Poll && self.events.is_some() {
+                    self.watch(&submitted.changes, request.started);
+                }
+                for reply in request.replies {
+                    let _ = reply.send(Ok(submitted.revision));
+                }
+            }
+            Step::Failed(reason) => {
+                self.on_failure_applied(&reason);
+                self.submit(Input::SourceStatus(SourceStatus::Unreachable { reason }))
+                    .await?;
+            }
+        }
         Ok(())
     }
 
     /// Open the event stream (resuming after the last event seen), then list everything.
-    async fn reconnect(&mut self) -> Result<(), Stopped> {
+    async fn reconnect(&mut self) {
         self.reconnect_at = None;
         let identity = match self.engine.identify().await {
             Ok(identity) => identity,
-            Err(e) => return self.on_failure(&e).await,
+            Err(e) => {
+                self.on_failure(&e);
+                self.queue.push(Step::Failed(e.to_string()));
+                return;
+            }
         };
         if self.opened_before {
             self.counters
@@ -213,62 +419,30 @@ impl<E: Engine> SyncLoop<E> {
         // past, and `now` closes the gap between the list and the subscription.
         let since = self.cursor.unwrap_or_else(EventCursor::now);
         self.events = Some(self.engine.events(Some(since)));
+        self.resumed_from = self.cursor;
         self.opened_before = true;
-        self.coalescer.clear();
         self.suspects = None;
-        let _ = self.full_list(ListReason::Reconnect).await?;
-        Ok(())
+        self.start_list(ListReason::Reconnect, Vec::new());
     }
 
-    async fn poll(&mut self) -> Result<(), Stopped> {
+    fn poll(&mut self) {
         if self.events.is_none() {
-            return Ok(()); // reconnecting: its own list follows
+            return; // reconnecting: its own list follows
         }
         let horizon = self.config.refresh_interval * 2;
         let now = Instant::now();
         self.last_hint
             .retain(|_, t| now.saturating_duration_since(*t) < horizon);
-        let _ = self.full_list(ListReason::Poll).await?;
-        Ok(())
+        self.start_list(ListReason::Poll, Vec::new());
     }
 
     /// Answer this refresh request and every other one already waiting, with one list.
-    async fn refresh(
-        &mut self,
-        first: CommandReply,
-        more: &mut mpsc::Receiver<CommandReply>,
-    ) -> Result<(), Stopped> {
+    fn refresh(&mut self, first: CommandReply, more: &mut mpsc::Receiver<CommandReply>) {
         let mut replies = vec![first];
         while let Ok(reply) = more.try_recv() {
             replies.push(reply);
         }
-        let outcome = self
-            .full_list(ListReason::Command)
-            .await?
-            .map_err(|e| ControlError::Engine(e.to_string()));
-        for reply in replies {
-            let _ = reply.send(outcome.clone());
-        }
-        Ok(())
-    }
-
-    /// List every service and fold the list. The outer error means the registry is gone.
-    async fn full_list(&mut self, reason: ListReason) -> Result<Result<u64, EngineError>, Stopped> {
-        let started = Instant::now();
-        let specs = match self.engine.list_services().await {
-            Ok(specs) => specs,
-            Err(e) => {
-                self.on_failure(&e).await?;
-                return Ok(Err(e));
-            }
-        };
-        let submitted = self.submit(Input::FullList(specs)).await?;
-        self.counters.full_lists.fetch_add(1, Ordering::Relaxed);
-        self.on_contact();
-        if reason == ListReason::Poll && self.events.is_some() {
-            self.watch(&submitted.changes, started);
-        }
-        Ok(Ok(submitted.revision))
+        self.start_list(ListReason::Command, replies);
     }
 
     /// After a poll: note the services whose spec changed (or which appeared or vanished)
@@ -300,12 +474,11 @@ impl<E: Engine> SyncLoop<E> {
 
     /// Whether events named `id` recently enough to explain a difference a list found.
     fn announced(&self, id: &str, list_started: Instant) -> bool {
-        let window = self.config.debounce_max + self.config.watchdog_grace;
-        self.coalescer.is_pending(id)
+        self.queue.is_pending(id)
             || self
                 .last_hint
                 .get(id)
-                .is_some_and(|t| *t + window >= list_started)
+                .is_some_and(|t| *t + self.config.watchdog_grace >= list_started)
     }
 
     fn judge(&mut self) {
@@ -327,31 +500,35 @@ impl<E: Engine> SyncLoop<E> {
             "a poll found changes the docker event stream never reported; restarting the stream"
         );
         self.events = None;
+        self.queue.drop_trailing();
         self.reconnect_at = Some(Instant::now());
     }
 
+    /// The stream is gone: inspects not started yet are left to the reconnect's full list.
     fn close_events(&mut self) {
         self.events = None;
-        self.coalescer.clear();
+        self.queue.drop_trailing();
         if self.reconnect_at.is_none() {
             let pause = self.backoff.next(rand::random::<f64>());
             self.reconnect_at = Some(Instant::now() + pause);
         }
     }
 
-    /// The engine failed: report it (logging only a change of failure), keep every known
-    /// service, and reconnect after a backoff.
-    async fn on_failure(&mut self, e: &EngineError) -> Result<(), Stopped> {
+    /// The engine failed: count it and reconnect after a backoff, keeping every known
+    /// service. The caller puts the failure in its place in the apply order, where it is
+    /// logged and becomes the source's status.
+    fn on_failure(&mut self, _e: &EngineError) {
         self.counters.engine_errors.fetch_add(1, Ordering::Relaxed);
-        let reason = e.to_string();
-        if self.failure.as_deref() != Some(reason.as_str()) {
-            tracing::warn!("{reason}; keeping the last known services, marked stale");
-            self.failure = Some(reason.clone());
-        }
         self.close_events();
-        self.submit(Input::SourceStatus(SourceStatus::Unreachable { reason }))
-            .await
-            .map(|_| ())
+    }
+
+    /// A failure's turn has come: log it (only a change of failure, so a long outage is
+    /// logged once, not once per retry).
+    fn on_failure_applied(&mut self, reason: &str) {
+        if self.failure.as_deref() != Some(reason) {
+            tracing::warn!("{reason}; keeping the last known services, marked stale");
+            self.failure = Some(reason.to_owned());
+        }
     }
 
     fn on_contact(&mut self) {

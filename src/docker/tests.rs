@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use pipeline::{Registry, RegistryConfig, ServiceMode, ServiceSpec, SourceStatus, Timestamp};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,10 @@ struct FakeState {
     lists: u64,
     inspects: u64,
     list_delay: Duration,
+    /// While set, every inspect answers (what the engine had when it was issued) only when
+    /// the test releases it, so answers can complete in any order.
+    hold_inspects: bool,
+    held: Vec<(String, oneshot::Sender<()>)>,
 }
 
 /// An engine whose every answer a test decides.
@@ -93,6 +97,22 @@ impl FakeEngine {
         let spec = spec(id, name, version, labels);
         self.with(|s| s.services.insert(id.to_owned(), spec));
     }
+
+    /// Let the held inspect at `index` answer; returns the service it was about.
+    fn release(&self, index: usize) -> Option<String> {
+        self.with(|s| {
+            if s.held.is_empty() {
+                return None;
+            }
+            let (id, gate) = s.held.remove(index % s.held.len());
+            let _ = gate.send(());
+            Some(id)
+        })
+    }
+
+    fn held(&self) -> usize {
+        self.with(|s| s.held.len())
+    }
 }
 
 fn spec(id: &str, name: &str, version: u64, labels: &[(&str, &str)]) -> ServiceSpec {
@@ -114,11 +134,30 @@ fn spec(id: &str, name: &str, version: u64, labels: &[(&str, &str)]) -> ServiceS
     }
 }
 
-fn event(cursor: i64, service: &str) -> Result<EngineEvent, EngineError> {
+fn engine_event(cursor: i64, subject: EventSubject) -> Result<EngineEvent, EngineError> {
     Ok(EngineEvent {
         cursor: Some(EventCursor(cursor)),
-        service_id: Some(service.to_owned()),
+        subject,
     })
+}
+
+/// A service created or updated.
+fn event(cursor: i64, service: &str) -> Result<EngineEvent, EngineError> {
+    engine_event(
+        cursor,
+        EventSubject::ServiceChanged {
+            service_id: service.to_owned(),
+        },
+    )
+}
+
+fn removal(cursor: i64, service: &str) -> Result<EngineEvent, EngineError> {
+    engine_event(
+        cursor,
+        EventSubject::ServiceRemoved {
+            service_id: service.to_owned(),
+        },
+    )
 }
 
 impl Engine for FakeEngine {
@@ -160,14 +199,25 @@ impl Engine for FakeEngine {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ServiceSpec>, EngineError>> {
-        let answer = self.with(|s| {
+        let (answer, gate) = self.with(|s| {
             if !s.up {
-                return Err(down());
+                return (Err(down()), None);
             }
             s.inspects += 1;
-            Ok(s.services.get(id).cloned())
+            let gate = s.hold_inspects.then(|| {
+                let (tx, rx) = oneshot::channel();
+                s.held.push((id.to_owned(), tx));
+                rx
+            });
+            (Ok(s.services.get(id).cloned()), gate)
         });
-        async move { answer }.boxed()
+        async move {
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            answer
+        }
+        .boxed()
     }
 
     fn events(
@@ -406,29 +456,55 @@ async fn an_outage_keeps_services_stale_and_recovers() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_burst_of_events_costs_few_inspects_and_ends_right() {
+async fn events_during_an_inspect_cost_one_more_inspect_and_end_right() {
     let engine = FakeEngine::new();
     engine.put("a", "alpha", 1, &[]);
     let feed = engine.feed();
     let h = start(&engine, config());
     synced(&h).await;
+    engine.with(|s| s.hold_inspects = true);
     for v in 2..=51u64 {
         engine.put("a", "alpha", v, &[("autoscaler.max", &v.to_string())]);
         feed.send(event(v as i64, "a")).unwrap();
         run_for(Duration::from_millis(5)).await;
     }
-    run_for(config().debounce_max).await;
+    // The first event's inspect is still in flight: the 49 others wait for it, not a timer.
+    assert_eq!(engine.with(|s| s.inspects), 1);
+    assert_eq!(engine.release(0).as_deref(), Some("a"));
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(h.registry.load().services["alpha"].entry.max_replicas, 2);
+    assert_eq!(engine.with(|s| s.inspects), 2, "one trailing inspect");
+    assert_eq!(engine.release(0).as_deref(), Some("a"));
+    run_for(Duration::from_millis(1)).await;
     assert_eq!(h.registry.load().services["alpha"].entry.max_replicas, 51);
-    let inspects = engine.with(|s| s.inspects);
-    assert!(
-        (2..=5).contains(&inspects),
-        "{inspects} inspects for 50 events"
-    );
+    assert_eq!(engine.with(|s| s.inspects), 2);
+    assert_eq!(engine.held(), 0);
     assert_eq!(h.counters.events.load(Ordering::Relaxed), 50);
+
+    // Quiet again: the next event is inspected at once.
+    engine.with(|s| s.hold_inspects = false);
+    engine.put("a", "alpha", 52, &[("autoscaler.max", "52")]);
+    feed.send(event(52, "a")).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(h.registry.load().services["alpha"].entry.max_replicas, 52);
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_removed_service_is_dropped_on_its_event() {
+async fn a_removed_service_is_dropped_on_its_event_without_an_inspect() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    engine.with(|s| s.services.remove("a"));
+    feed.send(removal(5, "a")).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    assert!(h.registry.load().services.is_empty());
+    assert_eq!(engine.with(|s| s.inspects), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_found_gone_by_its_inspect_is_dropped() {
     let engine = FakeEngine::new();
     engine.put("a", "alpha", 1, &[]);
     let feed = engine.feed();
@@ -436,8 +512,136 @@ async fn a_removed_service_is_dropped_on_its_event() {
     synced(&h).await;
     engine.with(|s| s.services.remove("a"));
     feed.send(event(5, "a")).unwrap();
-    run_for(Duration::from_millis(10)).await;
+    run_for(Duration::from_millis(1)).await;
     assert!(h.registry.load().services.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_never_overtakes_an_earlier_one_of_another_service() {
+    // X updated, then Y created; Y's inspect answers first.
+    let engine = FakeEngine::new();
+    engine.put("x", "xray", 1, &[]);
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let (_, mut sub) = h.registry.subscribe();
+    engine.with(|s| s.hold_inspects = true);
+    engine.put("x", "xray", 2, &[("autoscaler.max", "5")]);
+    feed.send(event(1, "x")).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    engine.put("y", "yankee", 1, &[]);
+    feed.send(event(2, "y")).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(engine.release(1).as_deref(), Some("y"));
+    run_for(Duration::from_millis(1)).await;
+    assert!(
+        !h.registry.load().services.contains_key("yankee"),
+        "y waits for x"
+    );
+    assert_eq!(engine.release(0).as_deref(), Some("x"));
+    run_for(Duration::from_millis(1)).await;
+    let keys: Vec<String> = service_changes(&mut sub)
+        .await
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c.routing_key(),
+                c.kind.service_name().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(keys, ["service.updated xray", "service.added yankee"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_list_is_never_folded_over_an_inspect_issued_before_it() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    engine.with(|s| s.hold_inspects = true);
+    engine.put("a", "alpha", 2, &[("autoscaler.max", "5")]);
+    feed.send(event(1, "a")).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    engine.put("a", "alpha", 3, &[("autoscaler.max", "7")]);
+    // The list (answered at once, with version 3) waits for the inspect (version 2)...
+    let control = h.control.clone();
+    let refresh = tokio::spawn(async move { control.refresh().await });
+    run_for(Duration::from_millis(5)).await;
+    assert!(!refresh.is_finished());
+    assert_eq!(h.registry.load().services["alpha"].entry.max_replicas, 2);
+    engine.release(0);
+    refresh.await.unwrap().unwrap();
+    // ...and is folded after it, so the newer list is what remains.
+    assert_eq!(h.registry.load().services["alpha"].entry.max_replicas, 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_counts_follow_container_events_before_the_manager_does() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    engine.with(|s| s.services.get_mut("a").unwrap().running_tasks = Some(0));
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let running = || h.registry.load().services["alpha"].entry.running_tasks;
+    assert_eq!(running(), Some(0));
+    let started = |cursor| {
+        engine_event(
+            cursor,
+            EventSubject::TaskContainerStarted {
+                service_id: "a".into(),
+            },
+        )
+    };
+    feed.send(started(1)).unwrap();
+    feed.send(started(2)).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    // The manager still says 0.
+    assert_eq!(running(), Some(2));
+    assert_eq!(engine.with(|s| s.inspects), 0, "no inspect, no list");
+    // A list while the manager lags does not undo it; once it counted them, no double count.
+    h.control.refresh().await.unwrap();
+    assert_eq!(running(), Some(2));
+    engine.with(|s| s.services.get_mut("a").unwrap().running_tasks = Some(2));
+    h.control.refresh().await.unwrap();
+    assert_eq!(running(), Some(2));
+    feed.send(engine_event(
+        3,
+        EventSubject::TaskContainerDied {
+            service_id: "a".into(),
+        },
+    ))
+    .unwrap();
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(running(), Some(1));
+    // Containers of services never seen, or of other things, change nothing.
+    feed.send(engine_event(
+        4,
+        EventSubject::TaskContainerStarted {
+            service_id: "other".into(),
+        },
+    ))
+    .unwrap();
+    feed.send(engine_event(5, EventSubject::Other)).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(h.registry.load().services.len(), 1);
+    assert_eq!(h.counters.events.load(Ordering::Relaxed), 5);
+}
+
+/// The service changes a subscription has delivered so far.
+async fn service_changes(sub: &mut pipeline::Subscription) -> Vec<Arc<pipeline::Change>> {
+    let mut out = Vec::new();
+    while let Ok(Some(update)) = tokio::time::timeout(Duration::from_millis(1), sub.next()).await {
+        if let pipeline::Update::Change(c) = update {
+            if c.kind.service_name().is_some() {
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test(start_paused = true)]
@@ -603,4 +807,135 @@ async fn a_container_that_never_answers_does_not_hold_up_a_forced_sample() {
         m.unsampled_tasks
     );
     assert!(h.counters.stats_failures.load(Ordering::Relaxed) >= 1);
+}
+
+/// One step of a scripted history for the ordering property.
+#[derive(Debug, Clone)]
+enum Scripted {
+    /// Create service n (if it was never created) or update it (if it exists).
+    Change(u8),
+    /// Remove service n, if it exists.
+    Remove(u8),
+    /// Let one of the inspects in flight answer (picked by index).
+    Answer(usize),
+    /// A refresh command (a full list).
+    Refresh,
+}
+
+fn scripted() -> impl proptest::strategy::Strategy<Value = Scripted> {
+    use proptest::prelude::*;
+    prop_oneof![
+        5 => (0u8..5).prop_map(Scripted::Change),
+        1 => (0u8..5).prop_map(Scripted::Remove),
+        5 => any::<usize>().prop_map(Scripted::Answer),
+        1 => Just(Scripted::Refresh),
+    ]
+}
+
+/// Play `steps` against the source; returns, for every service change it emitted, the
+/// number of the step whose state the change shows, and whether the final registry matches
+/// the engine.
+async fn play(steps: Vec<Scripted>) -> (Vec<u64>, Vec<String>, bool) {
+    let engine = FakeEngine::new();
+    let feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let (_, mut sub) = h.registry.subscribe();
+    engine.with(|s| s.hold_inspects = true);
+    let mut created = [false; 5];
+    let mut removed_at: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refreshes = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        let n = i as u64 + 1; // the step's number, also its event's cursor and spec version
+        match step {
+            Scripted::Change(k) => {
+                let id = format!("s{k}");
+                let exists = engine.with(|s| s.services.contains_key(&id));
+                if exists || !created[k as usize] {
+                    created[k as usize] = true;
+                    let max = n.to_string();
+                    engine.put(&id, &format!("svc{k}"), n, &[("autoscaler.max", &max)]);
+                    feed.send(event(n as i64, &id)).unwrap();
+                }
+            }
+            Scripted::Remove(k) => {
+                let id = format!("s{k}");
+                if engine.with(|s| s.services.remove(&id)).is_some() {
+                    removed_at.insert(id.clone(), n);
+                    feed.send(removal(n as i64, &id)).unwrap();
+                }
+            }
+            Scripted::Answer(index) => {
+                engine.release(index);
+            }
+            Scripted::Refresh => {
+                let control = h.control.clone();
+                refreshes.push(tokio::spawn(async move { control.refresh().await }));
+            }
+        }
+        // The source takes each event before the engine changes again, so an inspect shows
+        // the state as of the event that asked for it (or later, for a trailing one).
+        run_for(Duration::from_micros(100)).await;
+    }
+    while engine.held() > 0 {
+        engine.release(0);
+        run_for(Duration::from_micros(100)).await;
+    }
+    for refresh in refreshes {
+        refresh.await.unwrap().unwrap();
+    }
+    let mut shown = Vec::new();
+    let mut keys = Vec::new();
+    for change in service_changes(&mut sub).await {
+        keys.push(format!(
+            "{} {}",
+            change.routing_key(),
+            change.kind.service_name().unwrap_or("")
+        ));
+        match &change.kind {
+            pipeline::ChangeKind::ServiceAdded { service }
+            | pipeline::ChangeKind::ServiceUpdated { service, .. } => {
+                shown.push(service.entry.version)
+            }
+            pipeline::ChangeKind::ServiceRemoved { id, .. } => shown.push(removed_at[id]),
+            _ => {}
+        }
+    }
+    let snap = h.registry.snapshot();
+    let expected: Vec<(String, u64)> = engine.with(|s| {
+        s.services
+            .values()
+            .map(|spec| (spec.name.clone(), spec.version))
+            .collect()
+    });
+    let actual: Vec<(String, u64)> = snap
+        .services
+        .iter()
+        .map(|(name, record)| (name.to_string(), record.entry.version))
+        .collect();
+    (shown, keys, expected == actual)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever order the inspects answer in, and with lists in between: the changes come out
+    /// in the order of the events (each shows a later step than the one before), and the
+    /// registry ends equal to the engine.
+    #[test]
+    fn changes_come_out_in_event_order_whatever_order_inspects_answer_in(
+        steps in proptest::collection::vec(scripted(), 1..60)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let (shown, keys, converged) = runtime.block_on(play(steps));
+        proptest::prop_assert!(
+            shown.windows(2).all(|w| w[0] < w[1]),
+            "changes out of event order: steps {:?} for {:?}", shown, keys
+        );
+        proptest::prop_assert!(converged, "the registry differs from the engine");
+    }
 }
