@@ -81,17 +81,17 @@ pub enum TaskLookup {
     NoAgent,
 }
 
-/// One node's sampler as /health and /metrics show it.
+/// One node's sampler as /health and /metrics show it (fields in the JSON's sorted order).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeStatus {
-    pub node_id: String,
     /// `true` for the registry's own node, sampled in process.
     pub in_process: bool,
+    pub interval_ms: u64,
     /// When the last report arrived.
     pub last_contact_ms: i64,
     pub live: bool,
+    pub node_id: String,
     pub tasks_reported: usize,
-    pub interval_ms: u64,
 }
 
 /// Why an agent's report was refused, for the rejection counters.
@@ -191,6 +191,11 @@ impl NodeReadings {
         }
     }
 
+    /// Whether `node_id` is the registry's own node, sampled in process.
+    pub fn is_in_process(&self, node_id: &str) -> bool {
+        self.lock().get(node_id).is_some_and(|n| n.in_process)
+    }
+
     /// Forget the readings of services that are no longer registered.
     pub fn retain_services(&self, registered: &HashSet<String>) {
         for node in self.lock().values_mut() {
@@ -208,12 +213,12 @@ impl NodeReadings {
             .lock()
             .iter()
             .map(|(id, n)| NodeStatus {
-                node_id: id.clone(),
                 in_process: n.in_process,
+                interval_ms: u64::try_from(n.interval.as_millis()).unwrap_or(u64::MAX),
                 last_contact_ms: n.last_contact.0,
                 live: n.is_live(now),
+                node_id: id.clone(),
                 tasks_reported: n.readings.len() + n.failures.len(),
-                interval_ms: u64::try_from(n.interval.as_millis()).unwrap_or(u64::MAX),
             })
             .collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));

@@ -140,6 +140,16 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = request.into_parts();
+        if route == Route::AgentReadings {
+            // Agents' reports have their own body bound and count their refusals.
+            if let Some(denied) = self.refuse_unauthorized(&parts.headers) {
+                let rejection = crate::docker::readings::Rejection::Unauthorized;
+                self.state.source_counters.nodes.reject(rejection);
+                return denied;
+            }
+            let timeout = self.settings.body_read_timeout;
+            return super::agents::receive(&self.state, body, timeout).await;
+        }
         if let Some(length) = content_length(&parts.headers) {
             if length > self.settings.max_body_bytes {
                 return self.too_large();
@@ -191,6 +201,8 @@ impl Api {
             Route::Events if accepts_event_stream(&parts.headers) => self.event_stream(&parts),
             Route::Events => Ok(self.events(&parts)),
             Route::EventStream => self.event_stream(&parts),
+            // Answered above, with its body.
+            Route::AgentReadings => Ok(route_error(RouteError::NotFound)),
         };
         outcome.unwrap_or_else(|e| query_error(&e))
     }
@@ -287,7 +299,10 @@ impl Api {
         let publisher = &self.state.publisher;
         let report = render::health_report(&snapshot, &freshness, publisher);
         let stats = CacheStats::of(&snapshot, self.settings.refresh_interval_sec);
-        let body = render::health_body(&snapshot, &freshness, &report, &stats, publisher, now);
+        let nodes = self.state.source_counters.nodes.nodes();
+        let body = render::health_body(
+            &snapshot, &freshness, &report, &stats, publisher, &nodes, now,
+        );
         probe_answer(StatusCode::OK, body, &snapshot, &freshness)
     }
 

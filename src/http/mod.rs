@@ -7,6 +7,7 @@
 //! - [`cache`]: rendered bodies reused until their inputs change.
 //! - [`sse`]: event-stream framing and the per-subscriber stream.
 //! - [`handler`]: one request, end to end.
+//! - [`agents`]: node agents' reports of their tasks' readings.
 //! - [`server`]: accepting connections, HTTP/1.1 + HTTP/2 + TLS, graceful shutdown.
 //!
 //! The binary builds an [`ApiState`], binds with [`bind`] and runs [`serve`] until its
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::control::SourceControl;
 use crate::telemetry::{PublisherState, SourceCounters};
 
+pub mod agents;
 pub mod body;
 pub mod cache;
 pub mod config;
