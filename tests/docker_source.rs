@@ -470,10 +470,26 @@ async fn metrics_tell_a_busy_task_from_an_idle_one() {
         },
     )
     .await;
-    let revision = source.control.sample_metrics(&busy).await.unwrap();
-    source.control.sample_metrics(&idle).await.unwrap();
-    let snap = source.registry.snapshot();
-    assert!(snap.revision >= revision);
+    // A new task's first figures come one node-sampler interval after its first reading.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let snap = loop {
+        let revision = source.control.sample_metrics(&busy).await.unwrap();
+        source.control.sample_metrics(&idle).await.unwrap();
+        let snap = source.registry.snapshot();
+        assert!(snap.revision >= revision);
+        if [&busy, &idle]
+            .iter()
+            .all(|n| snap.metrics.contains_key(n.as_str()))
+        {
+            break snap;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no figures for {busy} and {idle}: {:?}",
+            snap.metrics
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let b = &snap.metrics[busy.as_str()].metrics;
     let i = &snap.metrics[idle.as_str()].metrics;
     // Clearly apart even on a loaded 2-core machine, where `yes` may get well under a core.

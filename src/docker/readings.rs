@@ -196,6 +196,24 @@ impl NodeReadings {
         self.lock().get(node_id).is_some_and(|n| n.in_process)
     }
 
+    /// The latest readings of one service's tasks on every live node, by node id.
+    pub fn readings_of(&self, service_id: &str) -> Vec<(String, TaskReading)> {
+        let now = Instant::now();
+        let mut found: Vec<(String, TaskReading)> = self
+            .lock()
+            .iter()
+            .filter(|(_, node)| node.is_live(now))
+            .flat_map(|(id, node)| {
+                node.readings
+                    .values()
+                    .filter(|r| r.service_id == service_id)
+                    .map(move |r| (id.clone(), r.clone()))
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
     /// Forget the readings of services that are no longer registered.
     pub fn retain_services(&self, registered: &HashSet<String>) {
         for node in self.lock().values_mut() {
@@ -329,7 +347,9 @@ mod tests {
         );
         assert_eq!(board.lookup("n2", "t1"), TaskLookup::NoAgent);
 
+        assert_eq!(board.readings_of("s2").len(), 1);
         board.retain_services(&HashSet::from(["s1".to_owned()]));
+        assert!(board.readings_of("s2").is_empty());
         assert_eq!(board.lookup("n1", "t2"), TaskLookup::NotReported);
         assert_eq!(board.nodes()[0].tasks_reported, 2);
 
