@@ -141,7 +141,7 @@ async fn main() {
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
     let node = docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
-    let created = std::time::Instant::now();
+    let created = Instant::now();
     start_containers(n);
     println!(
         "{n} containers running ({:.0} s to start)",
