@@ -42,6 +42,8 @@ pub enum Command {
     CheckConfig,
     /// Ask a running registry whether it is ready (or live): exit 0 if so, 1 if not.
     Healthcheck(HealthcheckArgs),
+    /// Sample the tasks on this node's engine and report them to the registry (REGISTRY_URL).
+    Agent,
 }
 
 /// `healthcheck [--url URL] [--live] [--timeout-sec N]`.

@@ -157,6 +157,10 @@ pub const CATALOGUE: &[Section] = &[
         title: "RabbitMQ Streams",
         settings: crate::broker::config::SETTINGS,
     },
+    Section {
+        title: "Agent",
+        settings: crate::agent::SETTINGS,
+    },
 ];
 
 /// Every setting, in catalogue order.

@@ -3,6 +3,7 @@
 //! The core (the `pipeline` crate) folds inputs into snapshots and changes; this crate holds
 //! the edges around it. See ARCHITECTURE.md for the map.
 
+pub mod agent;
 pub mod backoff;
 pub mod broker;
 pub mod cli;

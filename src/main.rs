@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Serve => serve(&vars),
         Command::CheckConfig => check_config(&vars),
         Command::Healthcheck(args) => healthcheck(&vars, &args),
+        Command::Agent => agent(&vars),
     }
 }
 
@@ -75,6 +76,53 @@ fn serve(vars: &Vars) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("swarm-registry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `agent`: the node sampler of this node, reporting to the registry, until SIGTERM/SIGINT.
+fn agent(vars: &Vars) -> ExitCode {
+    let (config, core) = match (
+        swarm_registry::agent::AgentConfig::from_vars(vars),
+        swarm_registry::config::CoreConfig::from_vars(vars),
+    ) {
+        (Ok(config), Ok(core)) => (config, core),
+        (Err(errors), _) | (_, Err(errors)) => {
+            report_config_errors(&errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("swarm-registry agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        logging::init(&core.log_level, core.log_format);
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            engine = %config.swarm.docker_url,
+            registry = %config.registry.authority,
+            "node agent starting"
+        );
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(swarm_registry::agent::run(config, shutdown.clone()));
+        let stopped = wait_for_stop_signal().await;
+        shutdown.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, agent).await;
+        stopped
+    });
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swarm-registry agent: {e:#}");
             ExitCode::FAILURE
         }
     }

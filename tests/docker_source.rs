@@ -614,26 +614,27 @@ async fn metrics_tell_a_busy_task_from_an_idle_one() {
     )
     .await;
     // The registry counts a task running from its container's start event, before the
-    // manager's task list (which sampling reads) says so: sample until both are sampled.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let revision = loop {
+    // manager's task list (which sampling reads) says so, and a new task's first figures
+    // come one node-sampler interval after its first reading: sample until both have them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let snap = loop {
         let revision = source.control.sample_metrics(&busy).await.unwrap();
         source.control.sample_metrics(&idle).await.unwrap();
         let snap = source.registry.snapshot();
+        assert!(snap.revision >= revision);
         if [&busy, &idle]
             .iter()
             .all(|n| snap.metrics.contains_key(n.as_str()))
         {
-            break revision;
+            break snap;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the manager never listed the running tasks"
+            "no figures for {busy} and {idle}: {:?}",
+            snap.metrics
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let snap = source.registry.snapshot();
-    assert!(snap.revision >= revision);
     let b = &snap.metrics[busy.as_str()].metrics;
     let i = &snap.metrics[idle.as_str()].metrics;
     // Clearly apart even on a loaded 2-core machine, where `yes` may get well under a core.

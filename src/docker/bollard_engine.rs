@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
+use bollard::models::ContainerSummary;
 use bollard::models::{
     ContainerStatsResponse, EventMessage, EventMessageTypeEnum, Service, Task, TaskState,
 };
 use bollard::query_parameters::{
-    EventsOptions, ListServicesOptions, ListTasksOptions, StatsOptions,
+    EventsOptions, InspectContainerOptions, ListContainersOptions, ListServicesOptions,
+    ListTasksOptions, StatsOptions,
 };
 use bollard::Docker;
 use futures::future::BoxFuture;
@@ -21,13 +23,15 @@ use pipeline::{ServiceMode, ServiceSpec};
 use tokio::time::Instant;
 
 use super::engine::{
-    Engine, EngineError, EngineEvent, EngineIdentity, EventCursor, EventSubject, RunningTask,
-    StatsReading,
+    ContainerCgroup, Engine, EngineError, EngineEvent, EngineIdentity, EventCursor, EventSubject,
+    RunningTask, StatsReading, TaskContainer,
 };
 use super::stats::{memory_used, MemoryFigures};
 
 /// The label Swarm puts on the containers of a service's tasks.
 const SERVICE_ID_LABEL: &str = "com.docker.swarm.service.id";
+/// The label Swarm puts on a task's container naming the task.
+const TASK_ID_LABEL: &str = "com.docker.swarm.task.id";
 
 /// A Docker engine reached through bollard.
 #[derive(Clone)]
@@ -242,6 +246,85 @@ impl Engine for BollardEngine {
         }
         .boxed()
     }
+    fn local_node_id(&self) -> BoxFuture<'_, Result<String, EngineError>> {
+        async move {
+            let docker = self
+                .bounded(
+                    "the version request",
+                    self.docker.clone().negotiate_version(),
+                )
+                .await?;
+            let info = self.bounded("the info request", docker.info()).await?;
+            info.swarm
+                .and_then(|s| s.node_id)
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| EngineError::Refused {
+                    address: self.address.clone(),
+                    what: "the node id".to_owned(),
+                    detail: "this engine is not part of a swarm".to_owned(),
+                })
+        }
+        .boxed()
+    }
+
+    fn task_containers(&self) -> BoxFuture<'_, Result<Vec<TaskContainer>, EngineError>> {
+        async move {
+            let filters = HashMap::from([
+                ("label".to_owned(), vec![TASK_ID_LABEL.to_owned()]),
+                ("status".to_owned(), vec!["running".to_owned()]),
+            ]);
+            let options = ListContainersOptions {
+                all: false,
+                filters: Some(filters),
+                ..ListContainersOptions::default()
+            };
+            let containers = self
+                .bounded(
+                    "the container list",
+                    self.docker.list_containers(Some(options)),
+                )
+                .await?;
+            Ok(containers.iter().filter_map(task_container).collect())
+        }
+        .boxed()
+    }
+
+    fn container_cgroup<'a>(
+        &'a self,
+        container_id: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerCgroup, EngineError>> {
+        async move {
+            let inspect = self
+                .bounded(
+                    "a container inspect",
+                    self.docker
+                        .inspect_container(container_id, None::<InspectContainerOptions>),
+                )
+                .await?;
+            let host = inspect.host_config.unwrap_or_default();
+            Ok(ContainerCgroup {
+                cgroup_parent: host.cgroup_parent.filter(|p| !p.is_empty()),
+                memory_limit: host
+                    .memory
+                    .and_then(|m| u64::try_from(m).ok())
+                    .filter(|m| *m > 0),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// A listed container as a task's container, when its labels name the task and its service.
+pub fn task_container(summary: &ContainerSummary) -> Option<TaskContainer> {
+    let labels = summary.labels.as_ref()?;
+    Some(TaskContainer {
+        container_id: summary.id.clone().filter(|id| !id.is_empty())?,
+        task_id: labels.get(TASK_ID_LABEL).filter(|v| !v.is_empty())?.clone(),
+        service_id: labels
+            .get(SERVICE_ID_LABEL)
+            .filter(|v| !v.is_empty())?
+            .clone(),
+    })
 }
 
 /// An error with its causes, which is where bollard and hyper put the useful part

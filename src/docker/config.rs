@@ -28,9 +28,12 @@ pub struct SwarmConfig {
     /// STATS_TIMEOUT_MS: the bound on one container stats call (one-shot stats answer in
     /// milliseconds; a container that does not answer must not hold up a forced sample).
     pub stats_timeout: Duration,
-    /// STATS_WINDOW_MS: the pause between two stats readings when no earlier reading of the
-    /// container exists (start-up, new tasks, forced samples).
-    pub stats_window: Duration,
+    /// NODE_SAMPLE_INTERVAL_MS: how often the node sampler (in process, and in every agent)
+    /// measures the tasks on its node; a forced sample's figures end at most this long ago.
+    pub node_sample_interval: Duration,
+    /// CGROUP_ROOT: where the cgroup file system is mounted; `None` (blank) reads Docker's
+    /// stats only. Also used when the directory shows no cgroup tree.
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 pub const DOCKER_BASE_URL: Setting = Setting::new(
@@ -78,10 +81,15 @@ pub const STATS_TIMEOUT_MS: Setting = Setting::new(
     "2000",
     "bound on one container stats call",
 );
-pub const STATS_WINDOW_MS: Setting = Setting::new(
-    "STATS_WINDOW_MS",
-    "500",
-    "gap between two stats readings when no older reading exists",
+pub const NODE_SAMPLE_INTERVAL_MS: Setting = Setting::new(
+    "NODE_SAMPLE_INTERVAL_MS",
+    "1000",
+    "how often each node's sampler measures its tasks (metrics are at most this old)",
+);
+pub const CGROUP_ROOT: Setting = Setting::new(
+    "CGROUP_ROOT",
+    "/sys/fs/cgroup",
+    "the cgroup file system (v2 or v1) to read counters from; blank or absent: Docker's stats",
 );
 
 /// The Swarm source's settings, in the order the README lists them.
@@ -95,7 +103,8 @@ pub const SETTINGS: &[Setting] = &[
     WATCHDOG_GRACE_MS,
     STATS_CONCURRENCY,
     STATS_TIMEOUT_MS,
-    STATS_WINDOW_MS,
+    NODE_SAMPLE_INTERVAL_MS,
+    CGROUP_ROOT,
 ];
 
 impl Default for SwarmConfig {
@@ -113,7 +122,10 @@ impl Default for SwarmConfig {
             watchdog_grace: Duration::from_millis(const { WATCHDOG_GRACE_MS.default_number() }),
             stats_concurrency: const { STATS_CONCURRENCY.default_number() } as usize,
             stats_timeout: Duration::from_millis(const { STATS_TIMEOUT_MS.default_number() }),
-            stats_window: Duration::from_millis(const { STATS_WINDOW_MS.default_number() }),
+            node_sample_interval: Duration::from_millis(
+                const { NODE_SAMPLE_INTERVAL_MS.default_number() },
+            ),
+            cgroup_root: Some(CGROUP_ROOT.default_text().into()),
         }
     }
 }
@@ -144,7 +156,10 @@ impl SwarmConfig {
             watchdog_grace: checks.take(vars.millis(&WATCHDOG_GRACE_MS)),
             stats_concurrency: checks.take(vars.number(&STATS_CONCURRENCY, 1)) as usize,
             stats_timeout: checks.take(vars.millis_at_least(&STATS_TIMEOUT_MS, 1)),
-            stats_window: checks.take(vars.millis_at_least(&STATS_WINDOW_MS, 1)),
+            node_sample_interval: checks.take(vars.millis_at_least(&NODE_SAMPLE_INTERVAL_MS, 1)),
+            cgroup_root: Some(vars.string(&CGROUP_ROOT))
+                .filter(|root| !root.trim().is_empty())
+                .map(Into::into),
         };
         checks.finish(config)
     }
@@ -191,7 +206,7 @@ mod tests {
             "EVENT_RECONNECT_MAX_MS",
             "WATCHDOG_GRACE_MS",
             "STATS_TIMEOUT_MS",
-            "STATS_WINDOW_MS",
+            "NODE_SAMPLE_INTERVAL_MS",
         ] {
             let e =
                 SwarmConfig::from_vars(&Vars::from_pairs([(name, huge.as_str())])).expect_err(name);

@@ -108,6 +108,24 @@ pub struct StatsReading {
     pub memory_used: u64,
 }
 
+/// A running container of a swarm task on the engine asked, as its labels name it. Any node's
+/// engine can list these (a worker cannot list tasks), so the node sampler finds its work here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskContainer {
+    pub container_id: String,
+    pub task_id: String,
+    pub service_id: String,
+}
+
+/// What the node sampler needs from a container's inspect to read its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerCgroup {
+    /// `HostConfig.CgroupParent`; `None` for the engine's default.
+    pub cgroup_parent: Option<String>,
+    /// `HostConfig.Memory`; `None` when the container has no limit.
+    pub memory_limit: Option<u64>,
+}
+
 /// Why a request to the engine failed. Every variant names the engine's address, because
 /// operators read these in /health and logs without any other context.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +186,37 @@ pub trait Engine: Send + Sync + 'static {
         &'a self,
         container_id: &'a str,
     ) -> BoxFuture<'a, Result<StatsReading, EngineError>>;
+
+    /// The swarm node id of this engine, manager or worker. Engines that cannot say refuse.
+    fn local_node_id(&self) -> BoxFuture<'_, Result<String, EngineError>> {
+        unsupported(self.address(), "the node id")
+    }
+
+    /// The running containers of swarm tasks on this engine. Engines that cannot say refuse.
+    fn task_containers(&self) -> BoxFuture<'_, Result<Vec<TaskContainer>, EngineError>> {
+        unsupported(self.address(), "the container list")
+    }
+
+    /// A container's cgroup placement and memory limit. Engines that cannot say refuse.
+    fn container_cgroup<'a>(
+        &'a self,
+        _container_id: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerCgroup, EngineError>> {
+        unsupported(self.address(), "a container inspect")
+    }
+}
+
+/// The answer of an engine that does not offer a call.
+fn unsupported<T: Send + 'static>(
+    address: &str,
+    what: &str,
+) -> BoxFuture<'static, Result<T, EngineError>> {
+    let error = EngineError::Refused {
+        address: address.to_owned(),
+        what: what.to_owned(),
+        detail: "not supported by this engine".to_owned(),
+    };
+    Box::pin(async move { Err(error) })
 }
 
 #[cfg(test)]

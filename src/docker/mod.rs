@@ -6,15 +6,22 @@
 //!   the stall watchdog, refresh commands.
 //! - [`coalesce`]: the pure in-flight/dirty tracker and the queue that applies answers in
 //!   event order; [`running`]: running task counts moved by container events.
-//! - [`sampler`]: stats rounds and forced samples; [`stats`] is their pure arithmetic.
+//! - [`node_sampler`]: keeps the tasks on one node measured every NODE_SAMPLE_INTERVAL_MS
+//!   (cgroup files, [`cgroup`], or Docker's stats); the registry runs one for its own node, an
+//!   agent one for each other node. Their reports land on the board ([`readings`]).
+//! - [`sampler`]: metrics rounds and forced samples merged from the board; [`stats`] is the
+//!   pure arithmetic.
 //!
 //! Connection failures are never fatal: they become the registry's source status, and the
 //! last known services stay readable, marked stale.
 
 pub mod bollard_engine;
+pub mod cgroup;
 pub mod coalesce;
 pub mod config;
 pub mod engine;
+pub mod node_sampler;
+pub mod readings;
 pub mod running;
 pub mod sampler;
 pub mod stats;
@@ -32,6 +39,7 @@ pub use engine::{Engine, EngineError};
 use crate::backoff::Backoff;
 use crate::control::SourceCommands;
 use crate::telemetry::SourceCounters;
+use node_sampler::{NodeSampler, NodeSamplerConfig};
 use sampler::{Sampler, SamplingLoop};
 use sync::SyncLoop;
 
@@ -100,11 +108,51 @@ pub async fn run_with_engine<E: Engine>(
         )
         .run(refreshes, shutdown.clone()),
     );
+    let local = tokio::spawn(sample_own_node(
+        engine.clone(),
+        config.clone(),
+        registry.clone(),
+        counters.clone(),
+        shutdown.clone(),
+    ));
     let sampler = Sampler::new(engine, counters, &config);
     let sampling =
         tokio::spawn(SamplingLoop::new(sampler, registry, &config).run(samples, shutdown.clone()));
     let _ = sync.await;
     let _ = sampling.await;
+    let _ = local.await;
+}
+
+/// The registry's own node, sampled in process: its reports go straight to the board.
+async fn sample_own_node<E: Engine>(
+    engine: Arc<E>,
+    config: SwarmConfig,
+    registry: Registry,
+    counters: Arc<SourceCounters>,
+    shutdown: CancellationToken,
+) {
+    let sampler = NodeSampler::new(engine, node_sampler_config(&config), counters.clone());
+    let wanted = move || {
+        let snapshot = registry.load();
+        Some(snapshot.ids.keys().map(|id| id.to_string()).collect())
+    };
+    sampler
+        .run(
+            wanted,
+            |report| counters.nodes.record(report, true),
+            shutdown,
+        )
+        .await;
+}
+
+/// A node sampler's settings from the source's.
+pub fn node_sampler_config(config: &SwarmConfig) -> NodeSamplerConfig {
+    NodeSamplerConfig {
+        interval: config.node_sample_interval,
+        cgroup_root: config.cgroup_root.clone().map(cgroup::CgroupRoot::new),
+        stats_concurrency: config.stats_concurrency,
+        stats_timeout: config.stats_timeout,
+    }
 }
 
 #[cfg(test)]

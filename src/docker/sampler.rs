@@ -1,14 +1,13 @@
-//! The sampler: the load of registered services, from container stats.
+//! The sampler: the load of registered services, merged from every node's latest readings.
 //!
-//! A round lists each service's running tasks, reads the stats of all their containers at
-//! once (bounded concurrency, each call bounded in time), and folds one metrics input per
-//! service. CPU % needs two readings of a container: the previous round's when there is one
-//! (so the figure covers the whole interval), otherwise a second reading a short window later.
-//! A forced sample of one service always uses a fresh short window, so it answers in well
-//! under a second with figures about now.
+//! A round lists each service's running tasks (the manager knows them all, with their nodes)
+//! and looks each task up on the board of node readings ([`NodeReadings`]), where the node
+//! samplers (the registry's own and one agent per other node) keep the figures of their
+//! latest interval. It folds one metrics input per service. A task whose node has no live
+//! sampler, or that its node could not measure, is listed unsampled with the reason. A forced
+//! sample is the same for one service: one task list and lookups, no waiting on stats.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -18,8 +17,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::config::SwarmConfig;
-use super::engine::{Engine, EngineError, RunningTask, StatsReading};
-use super::stats::{summarize, task_figures, ReadingCache, TaskFigures};
+use super::engine::{Engine, EngineError, RunningTask};
+use super::readings::{NodeReadings, TaskLookup};
+use super::stats::{summarize, TaskFigures};
 use crate::control::{ControlError, SampleRequest};
 use crate::telemetry::SourceCounters;
 
@@ -36,8 +36,6 @@ pub struct Sampler<E: Engine> {
     engine: Arc<E>,
     counters: Arc<SourceCounters>,
     concurrency: usize,
-    window: std::time::Duration,
-    timeout: std::time::Duration,
 }
 
 impl<E: Engine> Clone for Sampler<E> {
@@ -46,8 +44,6 @@ impl<E: Engine> Clone for Sampler<E> {
             engine: self.engine.clone(),
             counters: self.counters.clone(),
             concurrency: self.concurrency,
-            window: self.window,
-            timeout: self.timeout,
         }
     }
 }
@@ -58,19 +54,15 @@ impl<E: Engine> Sampler<E> {
             engine,
             counters,
             concurrency: config.stats_concurrency.max(1),
-            window: config.stats_window,
-            timeout: config.stats_timeout,
         }
     }
 
-    /// Sample `services` (ids). Readings in `previous` are used as the earlier half of a CPU
-    /// delta; the readings taken are returned for the next round.
-    pub async fn sample(
-        &self,
-        services: &[String],
-        previous: &ReadingCache,
-    ) -> Result<(Vec<ServiceSample>, BTreeMap<String, StatsReading>), EngineError> {
-        let local_node = self.engine.identify().await?.node_id;
+    fn board(&self) -> &NodeReadings {
+        &self.counters.nodes
+    }
+
+    /// Sample `services` (ids) from the board.
+    pub async fn sample(&self, services: &[String]) -> Vec<ServiceSample> {
         let engine = &self.engine;
         let listed: Vec<(String, Result<Vec<RunningTask>, EngineError>)> =
             futures::stream::iter(services.iter().cloned())
@@ -81,129 +73,50 @@ impl<E: Engine> Sampler<E> {
                 .buffered(self.concurrency)
                 .collect()
                 .await;
-
-        // Which containers to read, and which tasks cannot be read at all.
-        let mut unsampled: BTreeMap<String, Vec<UnsampledTask>> = BTreeMap::new();
-        let mut to_read: Vec<(String, RunningTask, String)> = Vec::new();
-        for (service, tasks) in &listed {
-            let Ok(tasks) = tasks else { continue };
-            for task in tasks {
-                let skip = |reason: String| UnsampledTask {
-                    task_id: task.task_id.clone(),
-                    reason,
-                };
-                match &task.container_id {
-                    _ if task.node_id != local_node => unsampled
-                        .entry(service.clone())
-                        .or_default()
-                        .push(skip(format!(
-                            "runs on node {}; stats are only available from the engine this registry talks to",
-                            task.node_id
-                        ))),
-                    None => unsampled
-                        .entry(service.clone())
-                        .or_default()
-                        .push(skip("its container has not been created yet".to_owned())),
-                    Some(container) => {
-                        to_read.push((service.clone(), task.clone(), container.clone()))
-                    }
-                }
-            }
-        }
-
-        let containers: Vec<String> = to_read.iter().map(|(_, _, c)| c.clone()).collect();
-        let first = self.read_all(&containers).await;
-        let need_second: Vec<String> = containers
-            .iter()
-            .filter(|c| match (first.get(*c), previous.get(c)) {
-                (Some(Ok(now)), Some(before)) => before.taken_at >= now.taken_at,
-                (Some(Ok(_)), None) => true,
-                _ => false,
-            })
-            .cloned()
-            .collect();
-        let second = if need_second.is_empty() {
-            BTreeMap::new()
-        } else {
-            tokio::time::sleep(self.window).await;
-            self.read_all(&need_second).await
-        };
-
-        let mut figures: BTreeMap<String, Vec<TaskFigures>> = BTreeMap::new();
-        let mut latest = BTreeMap::new();
-        for (service, task, container) in &to_read {
-            let pair = match (first.get(container), second.get(container)) {
-                (Some(Ok(a)), Some(Ok(b))) => Ok((*a, *b)),
-                (Some(Ok(a)), None) => previous
-                    .get(container)
-                    .map(|p| (*p, *a))
-                    .ok_or_else(|| "no earlier reading".to_owned()),
-                (Some(Err(e)), _) | (_, Some(Err(e))) => Err(format!("stats failed: {e}")),
-                (None, _) => Err("not read".to_owned()),
-            };
-            let outcome = pair.and_then(|(earlier, later)| {
-                latest.insert(container.clone(), later);
-                task_figures(&earlier, &later, task.memory_limit)
-            });
-            match outcome {
-                Ok(f) => figures.entry(service.clone()).or_default().push(f),
-                Err(reason) => unsampled
-                    .entry(service.clone())
-                    .or_default()
-                    .push(UnsampledTask {
-                        task_id: task.task_id.clone(),
-                        reason,
-                    }),
-            }
-        }
-
         let at = Timestamp::now();
-        let samples = listed
+        listed
             .into_iter()
-            .map(|(service, tasks)| {
-                let metrics = tasks.map(|tasks| {
-                    summarize(
-                        figures.get(&service).map(Vec::as_slice).unwrap_or(&[]),
-                        unsampled.remove(&service).unwrap_or_default(),
-                        tasks.len() as u64,
-                        at,
-                    )
-                });
-                ServiceSample {
-                    service_id: service,
-                    metrics,
-                }
+            .map(|(service_id, tasks)| ServiceSample {
+                metrics: tasks.map(|tasks| self.merge(&tasks, at)),
+                service_id,
             })
-            .collect();
-        Ok((samples, latest))
+            .collect()
     }
 
-    async fn read_all(
-        &self,
-        containers: &[String],
-    ) -> BTreeMap<String, Result<StatsReading, EngineError>> {
-        let engine = &self.engine;
-        let counters = &self.counters;
-        let timeout = self.timeout;
-        futures::stream::iter(containers.iter().cloned())
-            .map(|c| async move {
-                let reading = tokio::time::timeout(timeout, engine.container_stats(&c))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(EngineError::Unreachable {
-                            address: engine.address().to_owned(),
-                            detail: format!("no stats answer within {timeout:?}"),
-                        })
-                    });
-                counters.stats_samples.fetch_add(1, Ordering::Relaxed);
-                if reading.is_err() {
-                    counters.stats_failures.fetch_add(1, Ordering::Relaxed);
+    /// One service's metrics from its running tasks' readings.
+    fn merge(&self, tasks: &[RunningTask], at: Timestamp) -> Option<Metrics> {
+        let mut sampled = Vec::new();
+        let mut unsampled = Vec::new();
+        for task in tasks {
+            let mut skip = |reason: String| {
+                unsampled.push(UnsampledTask {
+                    task_id: task.task_id.clone(),
+                    reason,
+                })
+            };
+            if task.container_id.is_none() {
+                skip("its container has not been created yet".to_owned());
+                continue;
+            }
+            match self.board().lookup(&task.node_id, &task.task_id) {
+                TaskLookup::Reading(r) => {
+                    let memory_limit = task.memory_limit.or(r.memory_limit);
+                    sampled.push(TaskFigures {
+                        cpu_pct: r.cpu_pct,
+                        memory_used: r.memory_bytes,
+                        memory_limit,
+                        window_secs: r.window_ms as f64 / 1000.0,
+                    })
                 }
-                (c, reading)
-            })
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await
+                TaskLookup::Failed(reason) => skip(reason),
+                TaskLookup::NotReported => skip(format!(
+                    "no reading yet from node {} (measured from its next interval on)",
+                    task.node_id
+                )),
+                TaskLookup::NoAgent => skip(format!("no agent on node {}", task.node_id)),
+            }
+        }
+        summarize(&sampled, unsampled, tasks.len() as u64, at)
     }
 
     /// Sample one registered service (by name) now and fold the result; the revision at
@@ -215,10 +128,7 @@ impl<E: Engine> Sampler<E> {
             .get(name)
             .map(|r| r.entry.id.clone())
             .ok_or(ControlError::UnknownService)?;
-        let (samples, _) = self
-            .sample(std::slice::from_ref(&id), &ReadingCache::default())
-            .await
-            .map_err(|e| ControlError::Engine(e.to_string()))?;
+        let samples = self.sample(std::slice::from_ref(&id)).await;
         let metrics = samples
             .into_iter()
             .next()
@@ -240,9 +150,6 @@ pub struct SamplingLoop<E: Engine> {
     sampler: Sampler<E>,
     registry: Registry,
     interval: std::time::Duration,
-    cache: ReadingCache,
-    /// The failure being reported, so it is logged once.
-    failure: Option<String>,
 }
 
 impl<E: Engine> SamplingLoop<E> {
@@ -251,8 +158,6 @@ impl<E: Engine> SamplingLoop<E> {
             sampler,
             registry,
             interval: config.metrics_interval,
-            cache: ReadingCache::default(),
-            failure: None,
         }
     }
 
@@ -306,19 +211,11 @@ impl<E: Engine> SamplingLoop<E> {
             .keys()
             .map(|id| id.to_string())
             .collect();
-        let (samples, latest) = match self.sampler.sample(&services, &self.cache).await {
-            Ok(result) => result,
-            Err(e) => {
-                let reason = e.to_string();
-                if self.failure.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!("metrics round skipped: {reason}");
-                    self.failure = Some(reason);
-                }
-                return Ok(());
-            }
-        };
-        self.failure = None;
-        self.cache.replace(latest);
+        // Readings of services that are gone are dropped with them.
+        self.sampler
+            .board()
+            .retain_services(&services.iter().cloned().collect::<HashSet<String>>());
+        let samples = self.sampler.sample(&services).await;
         let mut failed = 0;
         for sample in samples {
             match sample.metrics {

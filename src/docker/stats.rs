@@ -3,7 +3,6 @@
 //! Docker's one-shot stats carry no previous CPU reading, so CPU % is always the delta between
 //! two of our own readings of the same container. Pure functions over plain data.
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 
 use pipeline::{Metrics, Timestamp, UnsampledTask};
@@ -117,24 +116,6 @@ pub fn summarize(
 
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
-}
-
-/// Readings kept between rounds, by container id, so the next round's CPU % spans the whole
-/// interval. Containers not seen in a round are forgotten.
-#[derive(Debug, Default)]
-pub struct ReadingCache {
-    readings: BTreeMap<String, StatsReading>,
-}
-
-impl ReadingCache {
-    pub fn get(&self, container: &str) -> Option<&StatsReading> {
-        self.readings.get(container)
-    }
-
-    /// Replace the cache with this round's readings.
-    pub fn replace(&mut self, readings: BTreeMap<String, StatsReading>) {
-        self.readings = readings;
-    }
 }
 
 #[cfg(test)]

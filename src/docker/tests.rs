@@ -18,6 +18,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::engine::*;
+use super::readings::{NodeReport, TaskLookup, TaskReading, STALE_INTERVALS};
 use super::{run_with_engine, SwarmConfig};
 use crate::control::{ControlError, SourceControl};
 use crate::telemetry::SourceCounters;
@@ -274,6 +275,47 @@ impl Engine for FakeEngine {
         }
         .boxed()
     }
+
+    fn local_node_id(&self) -> BoxFuture<'_, Result<String, EngineError>> {
+        let up = self.with(|s| s.up);
+        async move {
+            if up {
+                Ok("node-1".into())
+            } else {
+                Err(down())
+            }
+        }
+        .boxed()
+    }
+
+    /// The scripted tasks placed on node-1 that have a container.
+    fn task_containers(&self) -> BoxFuture<'_, Result<Vec<TaskContainer>, EngineError>> {
+        let containers = self.with(|s| {
+            s.tasks
+                .iter()
+                .flat_map(|(service, tasks)| {
+                    tasks
+                        .iter()
+                        .filter(|t| t.node_id == "node-1")
+                        .filter_map(|t| {
+                            Some(TaskContainer {
+                                container_id: t.container_id.clone()?,
+                                task_id: t.task_id.clone(),
+                                service_id: service.clone(),
+                            })
+                        })
+                })
+                .collect()
+        });
+        async move { Ok(containers) }.boxed()
+    }
+
+    fn container_cgroup<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<ContainerCgroup, EngineError>> {
+        async move { Ok(ContainerCgroup::default()) }.boxed()
+    }
 }
 
 struct Harness {
@@ -293,6 +335,8 @@ fn config() -> SwarmConfig {
     SwarmConfig {
         refresh_interval: Duration::from_secs(30),
         metrics_interval: Duration::from_secs(60),
+        // The fake's containers have no cgroup: Docker's stats (the fake's) are the counters.
+        cgroup_root: None,
         ..SwarmConfig::default()
     }
 }
@@ -690,51 +734,80 @@ async fn metrics_average_local_tasks_and_say_what_was_skipped() {
     let _feed = engine.feed();
     let h = start(&engine, config());
     synced(&h).await;
-    // The first round runs at start-up, with a short window.
-    run_for(config().stats_window + Duration::from_millis(200)).await;
+    let interval = config().node_sample_interval;
+    // The node sampler needs two readings of a container for its first figures.
+    run_for(interval * 2 + Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    let revision = h.control.sample_metrics("alpha").await.unwrap();
+    assert!(
+        asked.elapsed() < interval,
+        "a forced sample reads the board"
+    );
     let snap = h.registry.snapshot();
+    assert!(snap.revision >= revision);
     let m = &snap.metrics["alpha"].metrics;
     assert_eq!(m.cpu_pct, 50.0);
     assert_eq!(m.memory_bytes, 1_000_000.0);
     assert_eq!(m.memory_pct, Some(25.0));
+    assert_eq!(m.window_seconds, 1);
     assert_eq!((m.tasks_running, m.tasks_sampled), (2, 1));
     assert_eq!(m.unsampled_tasks.len(), 1);
     assert_eq!(m.unsampled_tasks[0].task_id, "t2");
-    assert!(
-        m.unsampled_tasks[0].reason.contains("node-2"),
-        "{:?}",
-        m.unsampled_tasks
-    );
+    assert_eq!(m.unsampled_tasks[0].reason, "no agent on node node-2");
     assert!(
         snap.metrics.get("zero").is_none(),
         "no running task: no metrics"
     );
 
-    // The next round spans the whole interval, from the previous reading.
+    // The figures follow the load from the next interval on.
     engine.set_load("c1", 1.0);
-    run_for(config().metrics_interval).await;
+    run_for(interval * 2).await;
+    h.control.sample_metrics("alpha").await.unwrap();
     let m = h.registry.snapshot().metrics["alpha"].metrics.clone();
-    // Almost all of the minute was at full load (the change came just after the reading).
-    assert!((99.0..=100.0).contains(&m.cpu_pct), "{}", m.cpu_pct);
-    assert_eq!(m.window_seconds, 60);
+    assert_eq!(m.cpu_pct, 100.0);
 
-    // A forced sample measures a fresh short window and answers within a second.
-    engine.set_load("c1", 0.25);
-    let asked = Instant::now();
-    let revision = h.control.sample_metrics("alpha").await.unwrap();
-    assert!(asked.elapsed() < Duration::from_secs(1));
-    let snap = h.registry.snapshot();
-    assert!(snap.revision >= revision);
-    assert_eq!(snap.metrics["alpha"].metrics.cpu_pct, 25.0);
+    // An agent on node-2 reports: both tasks count, until the agent falls silent.
+    h.counters.nodes.record(
+        NodeReport {
+            node_id: "node-2".into(),
+            interval_ms: 1000,
+            readings: vec![TaskReading {
+                task_id: "t2".into(),
+                service_id: "a".into(),
+                cpu_pct: 30.0,
+                memory_bytes: 3_000_000,
+                memory_limit: None,
+                window_ms: 1000,
+                via: "cgroup".into(),
+            }],
+            failures: vec![],
+        },
+        false,
+    );
+    h.control.sample_metrics("alpha").await.unwrap();
+    let m = h.registry.snapshot().metrics["alpha"].metrics.clone();
+    assert_eq!((m.tasks_running, m.tasks_sampled), (2, 2));
+    assert_eq!(m.cpu_pct, 65.0);
+    assert_eq!(m.memory_bytes, 2_000_000.0);
+    run_for(interval * (STALE_INTERVALS + 1)).await;
+    h.control.sample_metrics("alpha").await.unwrap();
+    let m = h.registry.snapshot().metrics["alpha"].metrics.clone();
+    assert_eq!((m.tasks_running, m.tasks_sampled), (2, 1));
+    assert_eq!(m.unsampled_tasks[0].reason, "no agent on node node-2");
     assert_eq!(
         h.control.sample_metrics("nope").await,
         Err(ControlError::UnknownService)
     );
 
-    // A removed service's metrics go with it.
+    // A removed service's metrics go with it, and so do its readings on the board.
     engine.with(|s| s.services.remove("a"));
     h.control.refresh().await.unwrap();
     assert!(h.registry.snapshot().metrics.get("alpha").is_none());
+    run_for(config().metrics_interval).await;
+    assert_eq!(
+        h.counters.nodes.lookup("node-1", "t1"),
+        TaskLookup::NotReported
+    );
 }
 
 #[tokio::test]
@@ -791,13 +864,11 @@ async fn a_container_that_never_answers_does_not_hold_up_a_forced_sample() {
     let _feed = engine.feed();
     let h = start(&engine, config());
     synced(&h).await;
+    // Each step waits for the stuck container up to the stats timeout, never longer.
+    run_for((config().node_sample_interval + config().stats_timeout) * 3).await;
     let asked = Instant::now();
     h.control.sample_metrics("alpha").await.unwrap();
-    // Bounded by the per-call timeout (plus the short window), not by the stuck container.
-    assert!(
-        asked.elapsed()
-            <= config().stats_timeout + config().stats_window + Duration::from_millis(100)
-    );
+    assert!(asked.elapsed() < config().node_sample_interval);
     let m = h.registry.snapshot().metrics["alpha"].metrics.clone();
     assert_eq!((m.tasks_running, m.tasks_sampled), (2, 1));
     assert_eq!(m.unsampled_tasks[0].task_id, "t-stuck");

@@ -139,6 +139,16 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = request.into_parts();
+        if route == Route::AgentReadings {
+            // Agents' reports have their own body bound and count their refusals.
+            if let Some(denied) = self.commands.refuse_unauthorized(&parts.headers) {
+                let rejection = crate::docker::readings::Rejection::Unauthorized;
+                self.state.source_counters.nodes.reject(rejection);
+                return denied;
+            }
+            let timeout = self.body_read_timeout;
+            return super::agents::receive(&self.state, body, timeout).await;
+        }
         if let Some(length) = content_length(&parts.headers) {
             if length > self.max_body_bytes {
                 return self.too_large();
@@ -168,6 +178,8 @@ impl Api {
             Route::Events if accepts_event_stream(&parts.headers) => self.event_stream(&parts),
             Route::Events => Ok(self.events(&parts)),
             Route::EventStream => self.event_stream(&parts),
+            // Answered above, with its body.
+            Route::AgentReadings => Ok(route_error(RouteError::NotFound)),
         };
         outcome.unwrap_or_else(|e| query_error(&e))
     }
@@ -228,7 +240,10 @@ impl Api {
         let publisher = &self.state.publisher;
         let report = render::health_report(snapshot, freshness, publisher);
         let stats = CacheStats::of(snapshot, self.refresh_interval_sec);
-        let body = render::health_body(snapshot, freshness, &report, &stats, publisher, *now);
+        let nodes = self.state.source_counters.nodes.nodes();
+        let body = render::health_body(
+            snapshot, freshness, &report, &stats, publisher, &nodes, *now,
+        );
         read.probe(StatusCode::OK, body)
     }
 

@@ -9,6 +9,7 @@
 //! - [`read`]: the one conditional-read path (snapshot, blocking wait, ETag, freshness headers).
 //! - [`commands`]: refresh, clear, on-demand metrics; the bearer token.
 //! - [`handler`]: one request, end to end.
+//! - [`agents`]: node agents' reports of their tasks' readings.
 //! - [`server`]: accepting connections, HTTP/1.1 + HTTP/2 + TLS, graceful shutdown.
 //!
 //! The binary builds an [`ApiState`], binds with [`bind`] and runs [`serve`] until its
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use crate::control::SourceControl;
 use crate::telemetry::{PublisherState, SourceCounters};
 
+pub mod agents;
 pub mod body;
 pub mod cache;
 pub mod commands;

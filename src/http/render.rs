@@ -13,6 +13,7 @@ use pipeline::{ChangeKind, Metrics, Snapshot, SourceStatus, Timestamp};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::docker::readings::NodeStatus;
 use crate::telemetry::PublisherState;
 
 /// Serialise plain data. Every body here is strings, numbers and nested structs of them, which
@@ -398,10 +399,13 @@ pub fn health_body(
     report: &HealthReport,
     stats: &CacheStats,
     publisher: &PublisherState,
+    nodes: &[NodeStatus],
     now: Timestamp,
 ) -> Bytes {
     #[derive(Serialize)]
     struct HealthBody<'a> {
+        /// Every node sampler that reported: the registry's own node and each agent.
+        agents: &'a [NodeStatus],
         cache: &'a CacheStats,
         publisher: PublisherBody<'a>,
         revision: u64,
@@ -413,6 +417,7 @@ pub fn health_body(
         warnings: &'a [String],
     }
     to_bytes(&HealthBody {
+        agents: nodes,
         cache: stats,
         publisher: publisher_body(publisher),
         revision: snapshot.revision,
@@ -592,7 +597,13 @@ mod tests {
         assert!(!report.healthy);
         let stats = CacheStats::of(&snapshot, 30);
         let body = json(&health_body(
-            &snapshot, &freshness, &report, &stats, &publisher, now,
+            &snapshot,
+            &freshness,
+            &report,
+            &stats,
+            &publisher,
+            &[],
+            now,
         ));
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["service"], "service-registry");

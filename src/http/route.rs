@@ -29,6 +29,8 @@ pub enum Route {
     /// accepts `text/event-stream`.
     Events,
     EventStream,
+    /// `POST /agents/readings`: a node agent's report (see `agents.rs`).
+    AgentReadings,
 }
 
 /// Why a request names no operation.
@@ -53,7 +55,7 @@ const READ_AND_COMMAND: &str = "GET, HEAD, POST, OPTIONS";
 
 /// Every route's label for request metrics, in [`Route::index`] order; the last one counts
 /// requests that matched no route.
-pub const ROUTE_LABELS: [&str; 15] = [
+pub const ROUTE_LABELS: [&str; 16] = [
     "/",
     "/health",
     "/health/live",
@@ -68,6 +70,7 @@ pub const ROUTE_LABELS: [&str; 15] = [
     "/cache/clear",
     "/events",
     "/events/stream",
+    "/agents/readings",
     "unmatched",
 ];
 
@@ -93,6 +96,7 @@ impl Route {
             Route::Clear => 11,
             Route::Events => 12,
             Route::EventStream => 13,
+            Route::AgentReadings => 14,
         }
     }
 
@@ -100,7 +104,7 @@ impl Route {
     pub fn is_command(&self) -> bool {
         matches!(
             self,
-            Route::SampleMetrics(_) | Route::Refresh | Route::Clear
+            Route::SampleMetrics(_) | Route::Refresh | Route::Clear | Route::AgentReadings
         )
     }
 }
@@ -161,6 +165,7 @@ fn resource(path: &str) -> Result<Resource, RouteError> {
         ["cache", "clear"] => Resource::Command(Route::Clear),
         ["events"] => Resource::Read(Route::Events),
         ["events", "stream"] => Resource::Read(Route::EventStream),
+        ["agents", "readings"] => Resource::Command(Route::AgentReadings),
         _ => return Err(RouteError::NotFound),
     };
     Ok(found)
@@ -205,6 +210,10 @@ mod tests {
         assert_eq!(route(&Method::POST, "/cache/clear"), Ok(Route::Clear));
         assert_eq!(get("/events"), Ok(Route::Events));
         assert_eq!(get("/events/stream"), Ok(Route::EventStream));
+        assert_eq!(
+            route(&Method::POST, "/agents/readings"),
+            Ok(Route::AgentReadings)
+        );
         assert_eq!(route(&Method::HEAD, "/services"), Ok(Route::Services));
     }
 

@@ -143,6 +143,7 @@ impl Collector for Scrape {
         self.encode_http(e)?;
         self.encode_registry(e)?;
         self.encode_source(e)?;
+        self.encode_nodes(e)?;
         self.encode_streams(e)?;
         self.encode_publisher(e)
     }
@@ -245,6 +246,61 @@ impl Scrape {
                 "Seconds since the engine last answered.",
                 age,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Every node sampler (the registry's own and each agent's) and the agents' reports.
+    fn encode_nodes(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let board = &self.source.nodes;
+        let nodes = board.nodes();
+        let mut live = e.encode_descriptor(
+            "node_sampler_up",
+            "1 while a node's sampler reports within three of its intervals, by node (in_process: the registry's own node).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in &nodes {
+            let in_process = if n.in_process { "true" } else { "false" };
+            let labels = [("node", n.node_id.as_str()), ("in_process", in_process)];
+            ConstGauge::new(i64::from(n.live)).encode(live.encode_family(&labels)?)?;
+        }
+        let mut age = e.encode_descriptor(
+            "node_sampler_last_contact_age_seconds",
+            "Seconds since a node's sampler last reported, by node.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let now = Timestamp::now().0;
+        for n in &nodes {
+            let seconds = now.saturating_sub(n.last_contact_ms).max(0) as f64 / 1000.0;
+            ConstGauge::new(seconds).encode(age.encode_family(&[("node", n.node_id.as_str())])?)?;
+        }
+        let mut tasks = e.encode_descriptor(
+            "node_sampler_tasks_reported",
+            "Tasks in a node's last report (measured or failed), by node.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for n in &nodes {
+            let count = i64::try_from(n.tasks_reported).unwrap_or(i64::MAX);
+            ConstGauge::new(count).encode(tasks.encode_family(&[("node", n.node_id.as_str())])?)?;
+        }
+        counter(
+            e,
+            "agent_reports_accepted",
+            "Agent reports accepted.",
+            load(&board.reports_accepted),
+        )?;
+        let mut rejected = e.encode_descriptor(
+            "agent_reports_rejected",
+            "Agent reports refused, by reason (malformed, unknown_task, unauthorized).",
+            None,
+            MetricType::Counter,
+        )?;
+        for why in crate::docker::readings::Rejection::ALL {
+            ConstCounter::new(board.rejected(why))
+                .encode(rejected.encode_family(&[("reason", why.name())])?)?;
         }
         Ok(())
     }
@@ -468,6 +524,11 @@ mod tests {
             "engine_stalls_total counter",
             "stats_samples_total counter",
             "stats_failures_total counter",
+            "node_sampler_up gauge",
+            "node_sampler_last_contact_age_seconds gauge",
+            "node_sampler_tasks_reported gauge",
+            "agent_reports_accepted_total counter",
+            "agent_reports_rejected_total counter",
             "change_delivery_seconds histogram",
             "sse_subscribers gauge",
             "sse_lagged_total counter",

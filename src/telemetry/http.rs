@@ -11,14 +11,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use crate::http::route::ROUTE_LABELS;
 
 /// Statuses counted under their own label; anything else is counted as `other`.
-const STATUSES: [u16; 15] = [
-    200, 204, 304, 400, 401, 404, 405, 408, 413, 431, 500, 501, 502, 503, 504,
+const STATUSES: [u16; 16] = [
+    200, 204, 304, 400, 401, 404, 405, 408, 413, 422, 431, 500, 501, 502, 503, 504,
 ];
 
 /// The `status` label of each slot of a requests row: the statuses above, then `other`.
 pub(super) const STATUS_LABELS: [&str; STATUSES.len() + 1] = [
-    "200", "204", "304", "400", "401", "404", "405", "408", "413", "431", "500", "501", "502",
-    "503", "504", "other",
+    "200", "204", "304", "400", "401", "404", "405", "408", "413", "422", "431", "500", "501",
+    "502", "503", "504", "other",
 ];
 
 /// Request duration bucket bounds, in seconds.

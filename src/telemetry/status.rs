@@ -22,6 +22,10 @@ pub struct SourceCounters {
     /// Container stats samples taken, and those that failed.
     pub stats_samples: AtomicU64,
     pub stats_failures: AtomicU64,
+    /// The latest readings of every node's sampler, and the agents' report counters. Here
+    /// because this is the handle the source (which merges readings) and the API (which
+    /// receives agents' reports and shows them in /health and /metrics) both hold.
+    pub nodes: crate::docker::readings::NodeReadings,
 }
 
 /// The broker publisher's state, as /health, /events and /metrics report it.
