@@ -11,8 +11,13 @@
 //!    same size with confirms (what the client alone can do);
 //!
 //! and, at a paced 1,000 changes/s, the latency from submitting a change to its confirm.
+//!
+//! Exits 1 when any measurement fails (a change not confirmed, the client failing), and when
+//! RabbitMQ does not answer while SWARM_REGISTRY_REQUIRE_RABBITMQ=1 (otherwise it skips with
+//! a notice), so its smoke run under `cargo test` is a check like any other.
 
 use std::collections::HashMap;
+use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,7 +151,9 @@ struct Bench {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start_publisher(label: &str) -> Bench {
+/// A publisher on a stream of its own, once it confirmed the registry's initial changes;
+/// `None` (with the reason on stderr) when it did not within 30 s.
+async fn start_publisher(label: &str) -> Option<Bench> {
     let name = unique(label);
     let config = BrokerConfig::new(endpoint(), &name, &format!("{name}-producer"));
     let registry = registry_with_services().await;
@@ -160,15 +167,21 @@ async fn start_publisher(label: &str) -> Bench {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(publisher.run(shutdown.clone()));
     let target = registry.snapshot().revision;
-    wait_confirmed(&state, target, Duration::from_secs(30)).await;
-    Bench {
+    let started = wait_confirmed(&state, target, Duration::from_secs(30)).await;
+    let bench = Bench {
         config,
         registry,
         state,
         confirmed_at,
         shutdown,
         task,
+    };
+    if !started {
+        eprintln!("{label}: the publisher did not confirm the initial changes within 30 s");
+        bench.finish().await;
+        return None;
     }
+    Some(bench)
 }
 
 async fn wait_confirmed(state: &PublisherState, target: u64, limit: Duration) -> bool {
@@ -214,7 +227,7 @@ async fn fold_only(changes: u64) -> f64 {
 
 /// Changes per second folded, published and confirmed.
 async fn fold_and_publish(changes: u64) -> Option<f64> {
-    let bench = start_publisher("throughput").await;
+    let bench = start_publisher("throughput").await?;
     let start = Instant::now();
     for i in 0..changes {
         // Keep the backlog (folded, not yet confirmed) within the default outbox and change
@@ -288,7 +301,7 @@ async fn bare_client(changes: u64, batch_size: usize) -> Option<f64> {
 
 /// Latencies (ms) from submitting a change to its confirm, at `rate` changes per second.
 async fn paced_latency(rate: u64, seconds: u64) -> Option<Vec<f64>> {
-    let bench = start_publisher("latency").await;
+    let bench = start_publisher("latency").await?;
     let mut submitted = Vec::with_capacity((rate * seconds) as usize);
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -341,7 +354,7 @@ fn argument(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn main() {
+fn main() -> ExitCode {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this without it, and then
     // a short smoke run checks that the program works without taking a minute.
     let full = std::env::args().any(|a| a == "--bench");
@@ -355,15 +368,22 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start a runtime: {e}");
-            return;
+            eprintln!("broker_publish: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
     runtime.block_on(async {
         if std::net::TcpStream::connect(("127.0.0.1", 5552)).is_err() {
+            if std::env::var("SWARM_REGISTRY_REQUIRE_RABBITMQ").is_ok_and(|v| v == "1") {
+                eprintln!(
+                    "broker_publish: RabbitMQ is required (SWARM_REGISTRY_REQUIRE_RABBITMQ=1) but 127.0.0.1:5552 does not answer"
+                );
+                return ExitCode::FAILURE;
+            }
             eprintln!("broker_publish: RabbitMQ does not answer on 127.0.0.1:5552; skipped");
-            return;
+            return ExitCode::SUCCESS;
         }
+        let mut failed = false;
         println!("changes per throughput run: {changes}; services: {SERVICES}");
         let (mut folds, mut publishes, mut bares, mut ratios) = (vec![], vec![], vec![], vec![]);
         for round in 1..=rounds {
@@ -379,6 +399,7 @@ fn main() {
                     _ => "-".to_owned(),
                 }
             );
+            failed |= published.is_none() || bare.is_none();
             folds.push(fold);
             publishes.extend(published);
             bares.extend(bare);
@@ -402,7 +423,16 @@ fn main() {
                 latencies.last().copied().unwrap_or(f64::NAN),
                 latencies.len()
             ),
-            None => println!("paced run failed"),
+            None => {
+                println!("paced run failed");
+                failed = true;
+            }
         }
-    });
+        if failed {
+            eprintln!("broker_publish: a measurement failed (see above)");
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
 }

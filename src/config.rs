@@ -388,6 +388,20 @@ impl Vars {
         Ok(n)
     }
 
+    /// A whole number from `min` to `max`, for values that size something at start-up: a
+    /// value past `max` is refused with a message instead of failing an allocation later.
+    pub fn number_within(&self, setting: &Setting, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let n = self.number(setting, min)?;
+        if n > max {
+            return Err(ConfigError::new(
+                setting.name,
+                &n.to_string(),
+                format!("must be at most {max}"),
+            ));
+        }
+        Ok(n)
+    }
+
     /// A duration given in whole seconds (at least one, at most [`MAX_DURATION_SECS`]).
     pub fn seconds(&self, setting: &Setting) -> Result<Duration, ConfigError> {
         let secs = self.number(setting, 1)?;
@@ -494,8 +508,13 @@ pub const LABEL_PREFIX: Setting = Setting::new(
 pub const CHANGE_LOG_CAPACITY: Setting = Setting::new(
     "CHANGE_LOG_CAPACITY",
     "4096",
-    "changes kept for clients resuming an event stream",
+    "changes kept for clients resuming an event stream (1 to 1000000)",
 );
+/// The largest change log accepted. The log's slots are allocated at start-up and every kept
+/// change holds its rendered body (a `services.updated` carries the whole list), so a log
+/// this long already costs memory in proportion to the busiest hour of most clusters; an
+/// absurd value would make the allocation fail and abort the process instead of reporting it.
+pub const MAX_CHANGE_LOG_CAPACITY: u64 = 1_000_000;
 pub const HEALTH_CHECK_INTERVAL_SEC: Setting = Setting::new(
     "HEALTH_CHECK_INTERVAL_SEC",
     "30",
@@ -564,7 +583,11 @@ impl CoreConfig {
         }
         let config = CoreConfig {
             label_prefix,
-            change_log_capacity: checks.take(vars.number(&CHANGE_LOG_CAPACITY, 1)) as usize,
+            change_log_capacity: checks.take(vars.number_within(
+                &CHANGE_LOG_CAPACITY,
+                1,
+                MAX_CHANGE_LOG_CAPACITY,
+            )) as usize,
             health_check_interval: checks.take(vars.seconds(&HEALTH_CHECK_INTERVAL_SEC)),
             log_level,
             log_format,
@@ -689,6 +712,27 @@ mod tests {
         assert!(vars.millis(&SOME_MS).is_err());
         let err = core(&[("LOG_LEVEL", "loud")]).unwrap_err();
         assert_eq!(err.first().name, "LOG_LEVEL");
+    }
+
+    #[test]
+    fn the_change_log_capacity_is_bounded_at_start_up() {
+        let largest = MAX_CHANGE_LOG_CAPACITY.to_string();
+        let core_ok = core(&[("CHANGE_LOG_CAPACITY", &largest)]).unwrap();
+        assert_eq!(core_ok.change_log_capacity as u64, MAX_CHANGE_LOG_CAPACITY);
+        for huge in [
+            (MAX_CHANGE_LOG_CAPACITY + 1).to_string(),
+            u64::MAX.to_string(),
+        ] {
+            let err = core(&[("CHANGE_LOG_CAPACITY", &huge)]).unwrap_err();
+            assert_eq!(err.first().name, "CHANGE_LOG_CAPACITY");
+            assert_eq!(
+                err.first().reason,
+                format!("must be at most {MAX_CHANGE_LOG_CAPACITY}"),
+                "{err}"
+            );
+        }
+        let err = core(&[("CHANGE_LOG_CAPACITY", "0")]).unwrap_err();
+        assert!(err.first().reason.contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -239,6 +239,31 @@ fn check_config_reports_every_bad_value() {
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
 }
 
+/// A change log too large to allocate is refused while the settings are read: exit 1 with the
+/// setting named, never an allocation failure that aborts the process.
+#[test]
+fn a_huge_change_log_capacity_is_a_start_up_error() {
+    let port = free_port().to_string();
+    for huge in ["100000000000000", "18446744073709551615"] {
+        let out = run(
+            &[],
+            &[
+                ("CHANGE_LOG_CAPACITY", huge),
+                ("PORT", &port),
+                ("DOCKER_BASE_URL", "tcp://127.0.0.1:9"),
+            ],
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{huge}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "invalid CHANGE_LOG_CAPACITY=\"{huge}\": must be at most"
+            )),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn check_config_prints_the_effective_configuration_with_secrets_masked() {
     let out = run(

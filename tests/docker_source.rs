@@ -35,10 +35,23 @@ fn keys_for(changes: &[Arc<pipeline::Change>], name: &str) -> Vec<String> {
         .collect()
 }
 
-async fn drain(sub: &mut pipeline::Subscription, into: &mut Vec<Arc<pipeline::Change>>) {
-    while let Ok(Some(update)) = tokio::time::timeout(Duration::from_millis(1), sub.next()).await {
-        if let Update::Change(c) = update {
-            into.push(c);
+/// Every change up to the registry's current revision. The driver stores a snapshot before
+/// it sends that snapshot's changes, so each of them is on its way: wait for them (within a
+/// generous deadline) instead of stopping at the first quiet moment.
+async fn drain(
+    registry: &pipeline::Registry,
+    sub: &mut pipeline::Subscription,
+    into: &mut Vec<Arc<pipeline::Change>>,
+) {
+    let target = registry.snapshot().revision;
+    while sub.position() < target {
+        let update = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("every change up to the current revision within the deadline");
+        match update {
+            Some(Update::Change(c)) => into.push(c),
+            Some(Update::Reset { .. }) => {}
+            None => panic!("the registry stopped before revision {target}"),
         }
     }
 }
@@ -129,7 +142,7 @@ async fn service_lifecycle_reaches_the_snapshot_as_the_right_changes() {
     .await;
 
     let mut changes = Vec::new();
-    drain(&mut sub, &mut changes).await;
+    drain(r, &mut sub, &mut changes).await;
     let keys = keys_for(&changes, &name);
     let first = |k: &str| {
         keys.iter()
@@ -290,7 +303,16 @@ async fn an_engine_outage_keeps_services_stale_and_loses_no_change() {
         "{reason}"
     );
     assert!(snap.source.last_contact.is_some());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The source keeps trying; after more failed attempts the services are still there.
+    let errors = source.counters.engine_errors.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while source.counters.engine_errors.load(Ordering::Relaxed) < errors + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the source stopped trying the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let snap = r.snapshot();
     assert!(snap.source.is_stale(pipeline::Timestamp::now(), max_age));
     assert!(
@@ -309,9 +331,11 @@ async fn an_engine_outage_keeps_services_stale_and_loses_no_change() {
         &["sleep", "3600"],
     );
     docker(&["service", "rm", &doomed]);
+    // Found by the list the source makes on reconnecting (its polls wait while it
+    // reconnects); the deadline is generous for a loaded machine, not a speed claim.
     let snap = wait_for(
         r,
-        Duration::from_secs(2),
+        Duration::from_secs(20),
         "the changes made at restart",
         |s| s.services.contains_key(born.as_str()) && !s.services.contains_key(doomed.as_str()),
     )

@@ -85,6 +85,70 @@ async fn a_blocking_read_on_one_service_ignores_the_others() {
 }
 
 #[tokio::test]
+async fn a_blocking_read_on_metrics_is_woken_by_new_metrics() {
+    let server = TestServer::with_defaults().await;
+    server.list(vec![spec("web"), spec("api")]).await;
+    server.metrics("web", Some(sample(1.0))).await;
+    let index = server
+        .registry
+        .snapshot()
+        .metrics_of("web")
+        .unwrap()
+        .revision;
+    let waiting = server
+        .in_flight(&format!("/services/web/metrics?index={index}&wait=5m"))
+        .await;
+    // Another service's metrics, and a change to the list, are not this resource.
+    server.metrics("api", Some(sample(9.0))).await;
+    server.list(vec![spec("web"), spec_with("api", 4, 2)]).await;
+    assert!(still_waiting(&waiting).await);
+
+    let revision = server.metrics("web", Some(sample(2.0))).await;
+    let reply = waiting.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["service_name"], "web");
+    assert_eq!(body["metrics"]["cpu_pct"].as_f64(), Some(2.0));
+    assert_eq!(
+        reply.header("x-registry-index"),
+        Some(&*revision.to_string())
+    );
+    server.stop().await.unwrap();
+}
+
+/// A service removed while a blocking read waits on it: the read answers 404 at once, not
+/// when its wait runs out (five minutes here; the client's deadline is far shorter).
+#[tokio::test]
+async fn a_blocking_read_on_a_removed_service_answers_404_at_once() {
+    let server = TestServer::with_defaults().await;
+    server.list(vec![spec("web"), spec("api")]).await;
+    server.metrics("web", Some(sample(1.0))).await;
+    let snapshot = server.registry.snapshot();
+    let metrics_index = snapshot.metrics_of("web").unwrap().revision;
+    let service_index = snapshot.services["web"].revision;
+    let on_metrics = server
+        .in_flight(&format!(
+            "/services/web/metrics?index={metrics_index}&wait=5m"
+        ))
+        .await;
+    let on_service = server
+        .in_flight(&format!("/services/web?index={service_index}&wait=5m"))
+        .await;
+    assert!(still_waiting(&on_metrics).await);
+    assert!(still_waiting(&on_service).await);
+
+    server.list(vec![spec("api")]).await;
+    for (reply, what) in [
+        (on_metrics.await.unwrap(), "metrics"),
+        (on_service.await.unwrap(), "service"),
+    ] {
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{what}");
+        assert_eq!(reply.json()["error"], "service not found", "{what}");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn indexes_that_cannot_be_waited_for_answer_at_once() {
     let server = TestServer::with_defaults().await;
     server.list(vec![spec("web")]).await;

@@ -372,6 +372,44 @@ async fn commands_answer_once_their_result_is_readable() {
     }
 }
 
+/// An engine that never answers within COMMAND_TIMEOUT_SEC: the command gets 504 with a JSON
+/// error saying so, and the server serves the next command once the engine answers again.
+#[tokio::test]
+async fn a_command_the_engine_does_not_answer_in_time_gets_504() {
+    let mut options = Options::default();
+    options.config = HttpConfig {
+        command_timeout: std::time::Duration::from_secs(1),
+        ..options.config
+    };
+    let server = TestServer::start(options).await;
+    server.list(vec![spec("web")]).await;
+    server.script.lock().unwrap().unanswered = true;
+    for protocol in PROTOCOLS {
+        let client = server.client(protocol);
+        for (path, what) in [
+            ("/cache/refresh", "refresh"),
+            ("/services/web/metrics", "metrics sample"),
+        ] {
+            let reply = client.post(path).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::GATEWAY_TIMEOUT,
+                "{protocol:?} {path}"
+            );
+            assert_eq!(reply.header("content-type"), Some("application/json"));
+            assert_eq!(
+                reply.json()["error"],
+                format!("{what} did not complete within 1 s"),
+                "{path}"
+            );
+        }
+    }
+    server.script.lock().unwrap().unanswered = false;
+    let client = server.client(PROTOCOLS[0]);
+    assert_eq!(client.post("/cache/refresh").await.status, StatusCode::OK);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_api_token_guards_commands_only() {
     let mut options = Options::default();

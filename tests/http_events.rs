@@ -363,13 +363,13 @@ async fn shutdown_ends_every_stream_with_a_final_event() {
     }
     // A blocking read in flight is answered, not cut off.
     let index = server.registry.snapshot().services_revision;
-    let client = server.client(Protocol::Http1);
-    let blocked = tokio::spawn(async move {
-        client
-            .get(&format!("/services?index={index}&wait=5m"))
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blocked = server
+        .in_flight(&format!("/services?index={index}&wait=5m"))
+        .await;
+    assert!(
+        !blocked.is_finished(),
+        "the blocking read waits until shutdown"
+    );
 
     let addr = server.addr;
     server.shutdown.cancel();
@@ -379,10 +379,7 @@ async fn shutdown_ends_every_stream_with_a_final_event() {
         assert_eq!(last.json()["reason"], "server shutting down");
         assert!(stream.next().await.is_none(), "the stream ends after it");
     }
-    let reply = tokio::time::timeout(DEADLINE, blocked)
-        .await
-        .unwrap()
-        .unwrap();
+    let reply = blocked.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     tokio::time::timeout(DEADLINE, server.server)
         .await
@@ -444,12 +441,22 @@ async fn a_subscriber_that_stops_reading_is_reset_and_slows_nobody() {
         .await;
     reader.next().await.unwrap();
 
+    // While the stuck client reads nothing, every change is still folded and reaches the
+    // reading client, each within the deadline: a registry that waited for its slowest
+    // subscriber would stall here and fail instead of hanging.
     for round in 0..150u64 {
         let i = (round % 200) as usize;
-        specs[i] = spec_with(&format!("svc-{i:03}"), 3 + round, 2 + round);
-        server.list(specs.clone()).await;
+        let name = format!("svc-{i:03}");
+        specs[i] = spec_with(&name, 3 + round, 2 + round);
+        let revision = tokio::time::timeout(DEADLINE, server.list(specs.clone()))
+            .await
+            .expect("the registry folds while a subscriber is stuck");
         let update = reader.next().await.unwrap();
         assert_eq!(update.event, "service.updated");
+        // This round's change, not an older one: the reader keeps up with the registry.
+        assert_eq!(update.json()["service"]["name"], name);
+        assert_eq!(update.json()["service"]["current_replicas"], 3 + round);
+        assert!(update.id.unwrap() < revision, "the list change follows it");
     }
     // The stuck client reads again: it finds a reset (its place in history is gone), not a
     // stalled registry.
@@ -461,7 +468,10 @@ async fn a_subscriber_that_stops_reading_is_reset_and_slows_nobody() {
         .find_map(|l| l.strip_prefix("swarm_registry_sse_lagged_total "))
         .unwrap();
     assert!(lagged.parse::<u64>().unwrap() >= 1, "{metrics}");
-    server.registry.submit(Input::Tick).await.unwrap();
+    tokio::time::timeout(DEADLINE, server.registry.submit(Input::Tick))
+        .await
+        .expect("the registry still folds")
+        .unwrap();
     server.stop().await.unwrap();
 }
 

@@ -2,6 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 
 use pipeline::{HistoryGone, Input, Registry, RegistryConfig, ServiceMode, ServiceSpec, Update};
 
@@ -34,6 +38,133 @@ async fn next_change(sub: &mut pipeline::Subscription) -> std::sync::Arc<pipelin
     match sub.next().await {
         Some(Update::Change(c)) => c,
         other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+/// A waker that loads the registry's snapshot at the moment it is woken. A waiting receiver
+/// (of the broadcast, of the revision watch) is woken from inside the driver's send, so the
+/// revision it records is what the driver had stored by the time it sent: a reader that looks
+/// only after receiving could not tell "stored, then sent" from "sent, then stored".
+struct SnapshotAtWake {
+    registry: Registry,
+    /// The revision seen at each wake from outside a poll.
+    seen: Mutex<Vec<u64>>,
+    /// Set while the test itself polls: a wake then comes from the poll (tokio's
+    /// cooperative budget), not from a send.
+    polling: Mutex<bool>,
+    /// The task to wake in turn.
+    outer: Mutex<Option<Waker>>,
+}
+
+impl Wake for SnapshotAtWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !*self.polling.lock().unwrap() {
+            let revision = self.registry.load().revision;
+            self.seen.lock().unwrap().push(revision);
+        }
+        if let Some(outer) = self.outer.lock().unwrap().take() {
+            outer.wake();
+        }
+    }
+}
+
+impl SnapshotAtWake {
+    fn new(registry: &Registry) -> Arc<Self> {
+        Arc::new(SnapshotAtWake {
+            registry: registry.clone(),
+            seen: Mutex::new(Vec::new()),
+            polling: Mutex::new(false),
+            outer: Mutex::new(None),
+        })
+    }
+
+    /// Run `future` to completion with this waker; the revisions seen at its wakes, and its
+    /// output.
+    async fn run<F: Future>(self: &Arc<Self>, future: F) -> (Vec<u64>, F::Output) {
+        self.seen.lock().unwrap().clear();
+        let mut future = pin!(future);
+        let waker = Waker::from(self.clone());
+        let output = std::future::poll_fn(|cx| {
+            *self.outer.lock().unwrap() = Some(cx.waker().clone());
+            *self.polling.lock().unwrap() = true;
+            let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+            *self.polling.lock().unwrap() = false;
+            polled
+        })
+        .await;
+        (std::mem::take(&mut *self.seen.lock().unwrap()), output)
+    }
+}
+
+/// Store before send, observed at the send itself: the subscriber waits (nothing is queued),
+/// the input is folded, and the waker records the snapshot at the moment the first change
+/// wakes it. Were the driver to send before storing, that snapshot would still be the
+/// previous one and this fails every time, not only when a race is lost.
+#[tokio::test(flavor = "current_thread")]
+async fn a_change_is_stored_before_it_is_sent() {
+    let registry = registry(1000, 1000);
+    let (_, mut sub) = registry.subscribe();
+    let probe = SnapshotAtWake::new(&registry);
+    for i in 0..50 {
+        // Queued now, folded only once this task waits: on a current-thread runtime the
+        // driver runs when the subscriber below is parked.
+        let submitter = tokio::spawn({
+            let registry = registry.clone();
+            async move {
+                registry
+                    .submit_with_changes(Input::Upsert(spec(i % 7, i + 1)))
+                    .await
+            }
+        });
+        let (seen, first) = probe.run(sub.next()).await;
+        let Some(Update::Change(first)) = first else {
+            panic!("expected a change, got {first:?}");
+        };
+        assert_eq!(seen.len(), 1, "woken once, by the driver's send: {seen:?}");
+        assert!(
+            seen[0] >= first.seq,
+            "change {} was sent while the stored snapshot was still at {}",
+            first.seq,
+            seen[0]
+        );
+        let submitted = submitter.await.unwrap().unwrap();
+        assert_eq!(submitted.changes[0], first);
+        for change in &submitted.changes[1..] {
+            assert_eq!(next_change(&mut sub).await, *change);
+        }
+    }
+}
+
+/// The same for the revision watch: it moves only once the snapshot is readable.
+#[tokio::test(flavor = "current_thread")]
+async fn the_revision_watch_is_signalled_after_the_store() {
+    let registry = registry(1000, 1000);
+    let mut revisions = registry.watch_revision();
+    revisions.borrow_and_update();
+    let probe = SnapshotAtWake::new(&registry);
+    for i in 0..50 {
+        let submitter = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.submit(Input::Upsert(spec(i % 7, i + 1))).await }
+        });
+        let (seen, changed) = probe.run(revisions.changed()).await;
+        changed.unwrap();
+        let signalled = *revisions.borrow_and_update();
+        assert_eq!(
+            seen.len(),
+            1,
+            "woken once, by the driver's signal: {seen:?}"
+        );
+        assert!(
+            seen[0] >= signalled,
+            "revision {signalled} was signalled while the stored snapshot was still at {}",
+            seen[0]
+        );
+        assert_eq!(submitter.await.unwrap().unwrap(), signalled);
     }
 }
 

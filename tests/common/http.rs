@@ -76,6 +76,8 @@ pub struct SourceScript {
     pub specs: Vec<ServiceSpec>,
     pub samples: BTreeMap<String, Option<Metrics>>,
     pub refreshes: u64,
+    /// While set, commands are taken but never answered (an engine that hangs).
+    pub unanswered: bool,
 }
 
 /// How to start a test server.
@@ -120,9 +122,17 @@ async fn stand_in_source(
         mut refreshes,
         mut samples,
     } = commands;
+    // Commands taken while `unanswered` is set: held, so their callers wait instead of
+    // hearing that the source stopped.
+    let mut held_refreshes = Vec::new();
+    let mut held_samples = Vec::new();
     loop {
         tokio::select! {
             Some(done) = refreshes.recv() => {
+                if script.lock().unwrap().unanswered {
+                    held_refreshes.push(done);
+                    continue;
+                }
                 let specs = {
                     let mut script = script.lock().unwrap();
                     script.refreshes += 1;
@@ -132,6 +142,10 @@ async fn stand_in_source(
                 let _ = done.send(folded.map_err(|_| ControlError::SourceStopped));
             }
             Some(SampleRequest { service, done }) = samples.recv() => {
+                if script.lock().unwrap().unanswered {
+                    held_samples.push(done);
+                    continue;
+                }
                 let found = {
                     let script = script.lock().unwrap();
                     script.specs.iter().find(|s| s.name == service).map(|s| {
@@ -223,6 +237,53 @@ impl TestServer {
             })
             .await
             .unwrap()
+    }
+
+    /// Send a GET the server will hold (a blocking read) and return once the server has read
+    /// it, with the task that yields its answer. The request goes first on an HTTP/2
+    /// connection, then a probe on the same connection: the server reads frames in order and
+    /// dispatches each request as it reads it, so once the probe is answered the held request
+    /// is in the server's hands. No sleep guesses when that is.
+    pub async fn in_flight(&self, path: &str) -> JoinHandle<Reply> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let get = |path: &str| {
+            Request::get(format!("http://{}{path}", self.addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let held = sender.send_request(get(path));
+        let probe = tokio::time::timeout(DEADLINE, sender.send_request(get("/health/live")))
+            .await
+            .expect("the probe is answered within the deadline")
+            .unwrap();
+        assert_eq!(probe.status(), StatusCode::OK);
+        tokio::spawn(async move {
+            let response = tokio::time::timeout(DEADLINE, held)
+                .await
+                .expect("the held request is answered within the deadline")
+                .expect("the held request is answered, not reset");
+            let (parts, body) = response.into_parts();
+            let body = tokio::time::timeout(DEADLINE, body.collect())
+                .await
+                .expect("body within the deadline")
+                .unwrap()
+                .to_bytes();
+            // The connection lives as long as its sender.
+            drop(sender);
+            Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+                version: parts.version,
+            }
+        })
     }
 
     pub fn client(&self, protocol: Protocol) -> TestClient {
@@ -450,14 +511,16 @@ pub struct EventReader {
 }
 
 impl EventReader {
-    /// The next event, or `None` when the stream ended. Panics after [`DEADLINE`].
+    /// The next event, or `None` when the stream ended cleanly. Panics after [`DEADLINE`], and
+    /// when the body breaks (a reset, a connection cut mid-stream): that is not an end.
     pub async fn next(&mut self) -> Option<Event> {
         tokio::time::timeout(DEADLINE, self.next_unbounded())
             .await
             .expect("an event (or the end of the stream) within the deadline")
     }
 
-    /// The next event within `wait`, `Err(())` if none came in time.
+    /// The next event within `wait`, `Err(())` if none came in time (a broken body panics,
+    /// as in [`EventReader::next`]).
     pub async fn next_within(&mut self, wait: Duration) -> Result<Option<Event>, ()> {
         tokio::time::timeout(wait, self.next_unbounded())
             .await
@@ -471,7 +534,7 @@ impl EventReader {
             }
             match self.body.frame().await {
                 None => return None,
-                Some(Err(_)) => return None,
+                Some(Err(error)) => panic!("the event stream broke instead of ending: {error}"),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.buffer.extend_from_slice(&data);
