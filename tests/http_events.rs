@@ -59,7 +59,9 @@ async fn a_new_stream_gets_a_snapshot_then_live_changes() {
 
         server.metrics("api", Some(sample(3.0))).await;
         let metrics = stream.next().await.unwrap();
-        assert_eq!(metrics.event, "metrics.api");
+        // The SSE name is the body's event (one listener for every service's metrics).
+        assert_eq!(metrics.event, "metrics.updated");
+        assert_eq!(metrics.json()["service_name"], "api");
         assert_eq!(metrics.id, Some(revision + 3));
         assert_eq!(metrics.json()["event"], "metrics.updated");
 
@@ -320,7 +322,10 @@ async fn filters_select_services_and_event_kinds() {
             .into_iter()
             .map(|e| e.event)
             .collect();
-        assert_eq!(got, ["metrics.web", "service.updated", "service.removed"]);
+        assert_eq!(
+            got,
+            ["metrics.updated", "service.updated", "service.removed"]
+        );
 
         let bad = client.get("/events/stream?events=service.exploded").await;
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -518,7 +523,7 @@ async fn the_first_block_is_an_event_that_carries_the_retry_field() {
         (vec![("last-event-id", evicted.to_string())], "event: reset"),
         (
             vec![("last-event-id", recent.to_string())],
-            "event: metrics.web",
+            "event: metrics.updated",
         ),
     ];
     for protocol in PROTOCOLS {

@@ -29,6 +29,10 @@ pub enum Route {
     /// accepts `text/event-stream`.
     Events,
     EventStream,
+    /// `GET /ui`: the live dashboard page (also `GET /` for clients that prefer HTML).
+    Ui,
+    /// `GET /ui/{file}`: one of the dashboard's files (unknown names are 404 there).
+    UiAsset(String),
 }
 
 /// Why a request names no operation.
@@ -53,7 +57,7 @@ const READ_AND_COMMAND: &str = "GET, HEAD, POST, OPTIONS";
 
 /// Every route's label for request metrics, in [`Route::index`] order; the last one counts
 /// requests that matched no route.
-pub const ROUTE_LABELS: [&str; 15] = [
+pub const ROUTE_LABELS: [&str; 17] = [
     "/",
     "/health",
     "/health/live",
@@ -68,6 +72,8 @@ pub const ROUTE_LABELS: [&str; 15] = [
     "/cache/clear",
     "/events",
     "/events/stream",
+    "/ui",
+    "/ui/{file}",
     "unmatched",
 ];
 
@@ -93,6 +99,8 @@ impl Route {
             Route::Clear => 11,
             Route::Events => 12,
             Route::EventStream => 13,
+            Route::Ui => 14,
+            Route::UiAsset(_) => 15,
         }
     }
 
@@ -161,6 +169,8 @@ fn resource(path: &str) -> Result<Resource, RouteError> {
         ["cache", "clear"] => Resource::Command(Route::Clear),
         ["events"] => Resource::Read(Route::Events),
         ["events", "stream"] => Resource::Read(Route::EventStream),
+        ["ui"] | ["ui", ""] => Resource::Read(Route::Ui),
+        ["ui", file] => Resource::Read(Route::UiAsset((*file).into())),
         _ => return Err(RouteError::NotFound),
     };
     Ok(found)
@@ -206,6 +216,10 @@ mod tests {
         assert_eq!(get("/events"), Ok(Route::Events));
         assert_eq!(get("/events/stream"), Ok(Route::EventStream));
         assert_eq!(route(&Method::HEAD, "/services"), Ok(Route::Services));
+        assert_eq!(get("/ui"), Ok(Route::Ui));
+        assert_eq!(get("/ui/"), Ok(Route::Ui));
+        assert_eq!(get("/ui/app.js"), Ok(Route::UiAsset("app.js".into())));
+        assert_eq!(ROUTE_LABELS[Route::Ui.index()], "/ui");
     }
 
     #[test]
@@ -231,6 +245,7 @@ mod tests {
             "/health/",
             "/cache",
             "/events/stream/x",
+            "/ui/a/b",
         ] {
             assert_eq!(get(path), Err(RouteError::NotFound), "{path}");
         }
