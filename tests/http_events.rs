@@ -131,7 +131,7 @@ async fn the_full_list_comes_only_to_streams_that_ask_for_it() {
                         _ => true,
                     }
                 })
-                .map(|c| (Some(c.seq), c.routing_key()))
+                .map(|c| (Some(c.seq), c.kind.event().to_owned()))
                 .collect();
             let last = expected.last().unwrap().0;
             let got: Vec<(Option<u64>, String)> = stream
@@ -208,7 +208,7 @@ async fn resuming_replays_exactly_the_missed_changes_in_order() {
                 let expected: Vec<(Option<u64>, String)> = missed
                     .iter()
                     .filter(|c| carried(query, c))
-                    .map(|c| (Some(c.seq), c.routing_key()))
+                    .map(|c| (Some(c.seq), c.kind.event().to_owned()))
                     .collect();
                 assert!(!expected.is_empty());
                 let headers: Vec<(&str, String)> = headers
