@@ -59,7 +59,9 @@ async fn a_new_stream_gets_a_snapshot_then_live_changes() {
 
         server.metrics("api", Some(sample(3.0))).await;
         let metrics = stream.next().await.unwrap();
-        assert_eq!(metrics.event, "metrics.api");
+        // The SSE name is the body's event (one listener for every service's metrics).
+        assert_eq!(metrics.event, "metrics.updated");
+        assert_eq!(metrics.json()["service_name"], "api");
         assert_eq!(metrics.id, Some(revision + 3));
         assert_eq!(metrics.json()["event"], "metrics.updated");
 
@@ -129,7 +131,7 @@ async fn the_full_list_comes_only_to_streams_that_ask_for_it() {
                         _ => true,
                     }
                 })
-                .map(|c| (Some(c.seq), c.routing_key()))
+                .map(|c| (Some(c.seq), c.kind.event().to_owned()))
                 .collect();
             let last = expected.last().unwrap().0;
             let got: Vec<(Option<u64>, String)> = stream
@@ -206,7 +208,7 @@ async fn resuming_replays_exactly_the_missed_changes_in_order() {
                 let expected: Vec<(Option<u64>, String)> = missed
                     .iter()
                     .filter(|c| carried(query, c))
-                    .map(|c| (Some(c.seq), c.routing_key()))
+                    .map(|c| (Some(c.seq), c.kind.event().to_owned()))
                     .collect();
                 assert!(!expected.is_empty());
                 let headers: Vec<(&str, String)> = headers
@@ -320,7 +322,10 @@ async fn filters_select_services_and_event_kinds() {
             .into_iter()
             .map(|e| e.event)
             .collect();
-        assert_eq!(got, ["metrics.web", "service.updated", "service.removed"]);
+        assert_eq!(
+            got,
+            ["metrics.updated", "service.updated", "service.removed"]
+        );
 
         let bad = client.get("/events/stream?events=service.exploded").await;
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -528,7 +533,7 @@ async fn the_first_block_is_an_event_that_carries_the_retry_field() {
         (vec![("last-event-id", evicted.to_string())], "event: reset"),
         (
             vec![("last-event-id", recent.to_string())],
-            "event: metrics.web",
+            "event: metrics.updated",
         ),
     ];
     for protocol in PROTOCOLS {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::cors::AllowedOrigins;
 use crate::config::{Checks, ConfigError, ConfigErrors, Secrecy, Setting, Vars};
 
 /// hyper refuses (by panicking) a header buffer smaller than this, so it is our floor too.
@@ -64,6 +65,9 @@ pub struct HttpConfig {
     /// SHUTDOWN_GRACE_SEC: how long in-flight requests may take after a shutdown signal
     ///; connections still open then are dropped.
     pub shutdown_grace: Duration,
+    /// CORS_ALLOWED_ORIGINS: the origins whose pages may read the API and the event stream;
+    /// `None` (the default) sends no CORS header at all.
+    pub cors_allowed_origins: Option<AllowedOrigins>,
 }
 
 pub const HOST: Setting = Setting::new(
@@ -107,6 +111,11 @@ pub const SSE_RETRY_MS: Setting = Setting::new(
     "SSE_RETRY_MS",
     "2000",
     "the `retry:` field suggested to event-stream clients",
+);
+pub const CORS_ALLOWED_ORIGINS: Setting = Setting::unset(
+    "CORS_ALLOWED_ORIGINS",
+    "no CORS headers",
+    "origins (`https://host[:port]`, comma-separated, or `*`) whose pages may read the API and the event stream",
 );
 pub const MAX_CONNECTIONS: Setting = Setting::new(
     "MAX_CONNECTIONS",
@@ -160,6 +169,7 @@ pub const SETTINGS: &[Setting] = &[
     STALE_AFTER_SEC,
     SSE_HEARTBEAT_SEC,
     SSE_RETRY_MS,
+    CORS_ALLOWED_ORIGINS,
     MAX_CONNECTIONS,
     MAX_HEADER_BYTES,
     MAX_BODY_BYTES,
@@ -195,6 +205,7 @@ impl Default for HttpConfig {
             http2_keepalive: Duration::from_secs(const { HTTP2_KEEPALIVE_SEC.default_number() }),
             command_timeout: Duration::from_secs(const { COMMAND_TIMEOUT_SEC.default_number() }),
             shutdown_grace: Duration::from_secs(const { SHUTDOWN_GRACE_SEC.default_number() }),
+            cors_allowed_origins: None,
         }
     }
 }
@@ -281,6 +292,9 @@ impl HttpConfig {
             http2_keepalive: checks.take(vars.seconds(&HTTP2_KEEPALIVE_SEC)),
             command_timeout: checks.take(vars.seconds(&COMMAND_TIMEOUT_SEC)),
             shutdown_grace: checks.take(vars.seconds(&SHUTDOWN_GRACE_SEC)),
+            cors_allowed_origins: vars.get(CORS_ALLOWED_ORIGINS.name).and_then(|value| {
+                checks.ok(AllowedOrigins::parse(CORS_ALLOWED_ORIGINS.name, value))
+            }),
         };
         checks.finish(config)
     }
@@ -318,6 +332,7 @@ mod tests {
             ("SSE_HEARTBEAT_SEC", "5"),
             ("STALE_AFTER_SEC", "45"),
             ("MAX_HEADER_BYTES", "9000"),
+            ("CORS_ALLOWED_ORIGINS", "https://ops.example.com"),
         ]))
         .unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
@@ -329,6 +344,10 @@ mod tests {
             Duration::from_secs(45)
         );
         assert_eq!(config.max_header_bytes, 9000);
+        assert_eq!(
+            config.cors_allowed_origins,
+            Some(AllowedOrigins::List(vec!["https://ops.example.com".into()]))
+        );
     }
 
     #[test]
@@ -346,6 +365,10 @@ mod tests {
         assert_eq!(err(&[("MAX_HEADER_BYTES", "100")]).name, "MAX_HEADER_BYTES");
         assert_eq!(err(&[("SSE_HEARTBEAT_SEC", "0")]).name, "SSE_HEARTBEAT_SEC");
         assert_eq!(err(&[("HTTP2_MAX_STREAMS", "0")]).name, "HTTP2_MAX_STREAMS");
+        assert_eq!(
+            err(&[("CORS_ALLOWED_ORIGINS", "ops.example.com")]).name,
+            "CORS_ALLOWED_ORIGINS"
+        );
     }
 
     #[test]

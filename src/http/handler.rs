@@ -22,11 +22,13 @@ use super::body::ApiBody;
 use super::cache::BodyCache;
 use super::commands::Commands;
 use super::config::HttpConfig;
+use super::cors::Cors;
 use super::query::{self, QueryError};
 use super::read::{ReadContext, Reads};
 use super::render::{self, CacheStats, ServicesMetadata};
 use super::route::{self, Route, RouteError, UNMATCHED};
 use super::sse::{EventStream, Start, StreamContext};
+use super::ui;
 use super::ApiState;
 use crate::telemetry::{self, HttpMetrics};
 
@@ -55,6 +57,7 @@ pub struct Api {
     metrics: Arc<HttpMetrics>,
     streams: Arc<StreamContext>,
     shutdown: CancellationToken,
+    cors: Cors,
 }
 
 impl Api {
@@ -97,6 +100,7 @@ impl Api {
             metrics,
             streams,
             shutdown,
+            cors: Cors::new(config.cors_allowed_origins.clone()),
         }
     }
 
@@ -112,11 +116,15 @@ impl Api {
     {
         let started = Instant::now();
         let head = request.method() == Method::HEAD;
-        let (route_index, mut response) = match route::route(request.method(), request.uri().path())
-        {
+        let routed = route::route(request.method(), request.uri().path());
+        let cors = self.cors.grant(request.headers(), &routed);
+        let (route_index, mut response) = match routed {
             Ok(route) => (route.index(), self.serve(route, request).await),
             Err(error) => (UNMATCHED, route_error(error)),
         };
+        if let Some(grant) = cors {
+            grant.apply(response.headers_mut());
+        }
         self.metrics
             .record_request(route_index, response.status().as_u16(), started.elapsed());
         if head {
@@ -163,6 +171,7 @@ impl Api {
             return refused;
         }
         let outcome = match route {
+            Route::Root if ui::prefers_html(&parts.headers) => Ok(self.ui_page(&parts)),
             Route::Root => Ok(self.root(&parts)),
             Route::Health => Ok(self.health(&parts)),
             Route::Live => Ok(self.live(&parts)),
@@ -180,6 +189,8 @@ impl Api {
             Route::EventStream => self.event_stream(&parts),
             // Answered above, with its body.
             Route::AgentReadings => Ok(route_error(RouteError::NotFound)),
+            Route::Ui => Ok(self.ui_page(&parts)),
+            Route::UiAsset(file) => Ok(ui::asset(&file, &parts.headers)),
         };
         outcome.unwrap_or_else(|e| query_error(&e))
     }
@@ -227,6 +238,13 @@ impl Api {
         let read = self.reads.current(&parts.headers);
         let etag = concat!("root-", env!("CARGO_PKG_VERSION"));
         read.unconditional(etag, read.snapshot.revision, render::root_body(read.now))
+    }
+
+    /// The dashboard, rendered with the current state so it reads without JavaScript.
+    fn ui_page(&self, parts: &Parts) -> Answer {
+        let read = self.reads.current(&parts.headers);
+        let report = render::health_report(&read.snapshot, &read.freshness, &self.state.publisher);
+        ui::page(&read, &report, &self.state.publisher)
     }
 
     fn health(&self, parts: &Parts) -> Answer {

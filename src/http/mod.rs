@@ -8,6 +8,8 @@
 //! - [`sse`]: event-stream framing and the per-subscriber stream.
 //! - [`read`]: the one conditional-read path (snapshot, blocking wait, ETag, freshness headers).
 //! - [`commands`]: refresh, clear, on-demand metrics; the bearer token.
+//! - [`cors`]: cross-origin reads for pages on other origins (off unless configured).
+//! - [`ui`]: the live dashboard page (`/ui`, its files in `ui/`).
 //! - [`handler`]: one request, end to end.
 //! - [`agents`]: node agents' reports of their tasks' readings.
 //! - [`server`]: accepting connections, HTTP/1.1 + HTTP/2 + TLS, graceful shutdown.
@@ -29,6 +31,7 @@ pub mod body;
 pub mod cache;
 pub mod commands;
 pub mod config;
+pub mod cors;
 pub mod handler;
 pub mod query;
 pub mod read;
@@ -37,6 +40,7 @@ pub mod route;
 pub mod server;
 pub mod sse;
 pub mod tls;
+pub mod ui;
 
 pub use config::{HttpConfig, TlsFiles};
 pub use server::serve;

@@ -276,6 +276,10 @@ pub fn root_body(now: Timestamp) -> Bytes {
             "sample the service's metrics now",
         ),
         ("GET /cache/stats", "cache statistics"),
+        (
+            "GET /ui",
+            "live dashboard for people (also GET / with Accept: text/html)",
+        ),
         ("POST /cache/refresh", "list every service now"),
         ("POST /cache/clear", "forget every service, then list again"),
         (

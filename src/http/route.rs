@@ -31,6 +31,10 @@ pub enum Route {
     EventStream,
     /// `POST /agents/readings`: a node agent's report (see `agents.rs`).
     AgentReadings,
+    /// `GET /ui`: the live dashboard page (also `GET /` for clients that prefer HTML).
+    Ui,
+    /// `GET /ui/{file}`: one of the dashboard's files (unknown names are 404 there).
+    UiAsset(String),
 }
 
 /// Why a request names no operation.
@@ -55,7 +59,7 @@ const READ_AND_COMMAND: &str = "GET, HEAD, POST, OPTIONS";
 
 /// Every route's label for request metrics, in [`Route::index`] order; the last one counts
 /// requests that matched no route.
-pub const ROUTE_LABELS: [&str; 16] = [
+pub const ROUTE_LABELS: [&str; 18] = [
     "/",
     "/health",
     "/health/live",
@@ -71,6 +75,8 @@ pub const ROUTE_LABELS: [&str; 16] = [
     "/events",
     "/events/stream",
     "/agents/readings",
+    "/ui",
+    "/ui/{file}",
     "unmatched",
 ];
 
@@ -97,6 +103,8 @@ impl Route {
             Route::Events => 12,
             Route::EventStream => 13,
             Route::AgentReadings => 14,
+            Route::Ui => 15,
+            Route::UiAsset(_) => 16,
         }
     }
 
@@ -166,6 +174,8 @@ fn resource(path: &str) -> Result<Resource, RouteError> {
         ["events"] => Resource::Read(Route::Events),
         ["events", "stream"] => Resource::Read(Route::EventStream),
         ["agents", "readings"] => Resource::Command(Route::AgentReadings),
+        ["ui"] | ["ui", ""] => Resource::Read(Route::Ui),
+        ["ui", file] => Resource::Read(Route::UiAsset((*file).into())),
         _ => return Err(RouteError::NotFound),
     };
     Ok(found)
@@ -215,6 +225,10 @@ mod tests {
             Ok(Route::AgentReadings)
         );
         assert_eq!(route(&Method::HEAD, "/services"), Ok(Route::Services));
+        assert_eq!(get("/ui"), Ok(Route::Ui));
+        assert_eq!(get("/ui/"), Ok(Route::Ui));
+        assert_eq!(get("/ui/app.js"), Ok(Route::UiAsset("app.js".into())));
+        assert_eq!(ROUTE_LABELS[Route::Ui.index()], "/ui");
     }
 
     #[test]
@@ -240,6 +254,7 @@ mod tests {
             "/health/",
             "/cache",
             "/events/stream/x",
+            "/ui/a/b",
         ] {
             assert_eq!(get(path), Err(RouteError::NotFound), "{path}");
         }

@@ -71,6 +71,16 @@ pub fn heartbeat_frame() -> Bytes {
     Bytes::from_static(b": keep-alive\n\n")
 }
 
+/// A change's SSE `event:` name: the body's own `event` field, never the routing key.
+///
+/// The two differ only for metrics: the routing key `metrics.<service>` names the service, so
+/// a browser's `EventSource` (which dispatches by exact name) would need one listener per
+/// service. The body's event, `metrics.updated`, is one of a fixed set, and the body still
+/// names the service (`service_name`). Filters (`?events=`) keep matching routing keys.
+pub fn event_name(change: &Change) -> &'static str {
+    change.kind.event()
+}
+
 /// A change as SSE, in chunks: the small head is built per subscriber, the JSON body is the
 /// change's own shared rendering, so fanning a large change out copies no body bytes.
 pub fn change_chunks(change: &Change) -> [Bytes; 3] {
@@ -78,7 +88,7 @@ pub fn change_chunks(change: &Change) -> [Bytes; 3] {
     if json.contains('\n') {
         // Never produced by serde_json's compact writer; handled rather than assumed.
         return [
-            frame(Some(change.seq), &change.routing_key(), &json),
+            frame(Some(change.seq), event_name(change), &json),
             Bytes::new(),
             Bytes::new(),
         ];
@@ -87,7 +97,7 @@ pub fn change_chunks(change: &Change) -> [Bytes; 3] {
     head.push_str("id: ");
     head.push_str(&change.seq.to_string());
     head.push('\n');
-    push_event_line(&mut head, &change.routing_key());
+    push_event_line(&mut head, event_name(change));
     head.push_str("data: ");
     [
         Bytes::from(head),
@@ -432,6 +442,27 @@ mod tests {
         };
         let filtered = context.snapshot_frame("snapshot", &snapshot, &some, None);
         assert_ne!(filtered.as_ptr(), a.as_ptr());
+    }
+
+    #[test]
+    fn a_metrics_change_is_named_by_its_body_event_not_its_routing_key() {
+        let change = Change::new(
+            5,
+            5,
+            Timestamp(0),
+            pipeline::ChangeKind::MetricsUpdated {
+                service_name: "web".to_owned(),
+                metrics: None,
+            },
+        );
+        assert_eq!(change.routing_key(), "metrics.web");
+        let bytes: Vec<u8> = change_chunks(&change).concat();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with("id: 5\nevent: metrics.updated\ndata: {"),
+            "{text}"
+        );
+        assert!(text.contains("\"service_name\":\"web\""), "{text}");
     }
 
     #[test]
