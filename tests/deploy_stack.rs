@@ -328,3 +328,26 @@ fn the_sample_scripts_refuse_bad_input_with_a_message() {
         "{text}"
     );
 }
+
+#[test]
+fn both_sample_stacks_are_valid_stack_files() {
+    // `docker stack config` checks a stack file as `docker stack deploy` would, without a
+    // swarm; the memory stack is not deployed by the test above.
+    for kind in ["cpu", "memory"] {
+        let out = Command::new("docker")
+            .args(["stack", "config", "-c"])
+            .arg(repo().join(format!("samples/swarm-stack-{kind}.yml")))
+            .env("SECRETS_DIR", std::env::temp_dir())
+            .output()
+            .expect("docker CLI");
+        assert!(
+            out.status.success(),
+            "samples/swarm-stack-{kind}.yml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for service in ["registry:", "rabbitmq:", "agent:"] {
+            assert!(text.contains(service), "{kind} stack lacks {service}\n{text}");
+        }
+    }
+}
