@@ -242,7 +242,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // The last line: whether every change reached the broker (what a stop could not flush
     // within its bound is lost with the process, the next run re-describes the services).
     if publishing.enabled {
-        let unpublished = publishing.outbox_len.load(std::sync::atomic::Ordering::Relaxed);
+        let unpublished = publishing
+            .outbox_len
+            .load(std::sync::atomic::Ordering::Relaxed);
         if unpublished == 0 {
             tracing::info!(unpublished, "stopped");
         } else {

@@ -299,7 +299,10 @@ async fn every_change_is_stored_once_in_order() {
     let changes = all_changes(&registry);
     assert_eq!(broker.stored_ids(), run_ids(&registry));
     let stored = broker.bed().stored.clone();
-    assert_eq!(stored[0].event, "services.updated", "the run opens with a resync");
+    assert_eq!(
+        stored[0].event, "services.updated",
+        "the run opens with a resync"
+    );
     for (stored, change) in stored[1..].iter().zip(&changes) {
         assert_eq!(*stored, Outgoing::from_change(change));
     }
