@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broker_support::*;
-use pipeline::{clock_floor, Change, Input, Registry};
+use pipeline::{clock_floor, Change, Input, Registry, RegistryConfig};
 use std::sync::Arc;
 use swarm_registry::broker::{
     floor_above, last_publishing_id, starting_floor, BrokerConfig, Outgoing, RabbitBroker,
@@ -471,15 +471,23 @@ enum MidBurstFault {
 /// exactly once, in order. The batch in flight when the fault hits may or may not have been
 /// stored; it is re-sent either way and the broker keeps one copy.
 async fn a_fault_mid_burst_loses_nothing_and_stores_nothing_twice(fault: MidBurstFault) {
-    const BEFORE: u64 = 1_500;
-    const AFTER: u64 = 1_500;
+    // Two changes per upsert. The publisher, with batches of 5 and two round trips per batch,
+    // takes seconds to catch up with the first part: the fault hits while it drains it.
+    const BEFORE: u64 = 5_000;
+    const AFTER: u64 = 1_000;
     let mut config = test_config("burst");
     // Small batches: many round trips, so a batch is nearly always awaiting its confirms; an
     // outbox that holds the whole burst, so nothing is shed into a resync.
-    config.tuning.batch_size = 20;
+    config.tuning.batch_size = 5;
     config.tuning.outbox_capacity = 100_000;
     let _cleanup = StreamCleanup(config.endpoint.clone(), config.stream.clone());
-    let registry = start_registry(clock_floor());
+    // A change log that holds the whole burst, so the test can list every change.
+    let (registry, driver) = Registry::new(RegistryConfig {
+        floor: clock_floor(),
+        log_capacity: 16_384,
+        ..RegistryConfig::default()
+    });
+    tokio::spawn(driver.run());
     let (state, shutdown, task) = spawn_publisher(&config, &registry);
     let upsert = |n: u64| Input::Upsert(labelled_spec("b1", "burst", 1 + n % 4, n + 1));
 
@@ -496,13 +504,15 @@ async fn a_fault_mid_burst_loses_nothing_and_stores_nothing_twice(fault: MidBurs
         "publishing under way"
     );
     let at_fault = state.confirmed.load(Ordering::Relaxed);
-    let outage = match fault {
+    let outage = tokio::task::spawn_blocking(move || match fault {
         MidBurstFault::Crash => Some(BrokerOutage::crash()),
         MidBurstFault::ConnectionsClosed => {
             close_broker_connections();
             None
         }
-    };
+    })
+    .await
+    .unwrap();
     // The rest of the burst: the fold never waits for the broker.
     for n in BEFORE..BEFORE + AFTER {
         tokio::time::timeout(Duration::from_secs(2), registry.submit(upsert(n)))

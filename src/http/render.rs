@@ -352,9 +352,9 @@ struct PublisherBody<'a> {
     connected: bool,
     dropped: u64,
     enabled: bool,
-    last_confirmed: u64,
     /// The broker's id that gave the other writer away (null unless `another_writer`).
     foreign_publishing_id: Option<u64>,
+    last_confirmed: u64,
     last_error: Option<String>,
     outbox_len: u64,
     stream: Option<&'a str>,
