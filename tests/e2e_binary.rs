@@ -36,6 +36,9 @@ const START_LIMIT: Duration = Duration::from_secs(30);
 const CHANGE_LIMIT: Duration = Duration::from_secs(30);
 /// How long a stopping or misconfigured process may take to exit.
 const EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// How long a SIGTERM may take at most: the binary's own bound (a grace of at least 10 s,
+/// then 1 s for abandoned tasks) and a margin for a busy machine.
+const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// The bound on one forced metrics sample: one-shot stats answer in milliseconds and the CPU
 /// window is half a second, so an answer that takes longer means the sample hangs (or reads
 /// stats the slow streaming way, about 2 s per container, as the old registry did).
@@ -145,12 +148,12 @@ impl Binary {
         assert!(sent.success(), "kill {signal} {}", self.pid());
     }
 
-    /// SIGTERM, then the exit status (which must come within [`EXIT_LIMIT`]).
+    /// SIGTERM, then the exit status (which must come within [`STOP_LIMIT`]).
     fn stop(&mut self) -> ExitStatus {
         self.signal("-TERM");
-        self.wait_exit(EXIT_LIMIT).unwrap_or_else(|| {
+        self.wait_exit(STOP_LIMIT).unwrap_or_else(|| {
             panic!(
-                "still running {EXIT_LIMIT:?} after SIGTERM\n{}",
+                "still running {STOP_LIMIT:?} after SIGTERM\n{}",
                 self.output()
             )
         })
@@ -847,6 +850,38 @@ async fn log_lines_are_plain_text_in_the_suite_format() {
     assert!(!binary.output().contains('\x1b'), "{line:?}");
 }
 
+/// Wait until `stream` can be read again after a broker restart: the stream port answers a
+/// moment before the broker has recovered its streams.
+async fn wait_until_readable(stream: &str) {
+    let deadline = Instant::now() + CHANGE_LIMIT;
+    loop {
+        let endpoint = endpoint();
+        let consumer = async {
+            let environment = rabbitmq_stream_client::Environment::builder()
+                .host(&endpoint.host)
+                .port(endpoint.port)
+                .build()
+                .await
+                .ok()?;
+            environment
+                .consumer()
+                .offset(rabbitmq_stream_client::types::OffsetSpecification::First)
+                .build(stream)
+                .await
+                .ok()
+        };
+        if let Some(consumer) = consumer.await {
+            let _ = consumer.handle().close().await;
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stream} not readable within {CHANGE_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Read `stream` from its first message until one with an id at or above `through` arrives,
 /// then a little longer, so a duplicate or a later message would show.
 async fn read_stream_through(stream: &str, through: u64) -> Vec<Received> {
@@ -963,6 +998,7 @@ async fn sigterm_with_an_unconfirmed_backlog_flushes_within_the_bound_and_counts
                 "{last}\n{}",
                 binary.output()
             );
+            wait_until_readable(&stream_name).await;
             let received = read_stream_through(&stream_name, revision).await;
             assert_one_run(&received, floor);
             assert_eq!(ids(&received).last(), Some(&revision));
@@ -974,6 +1010,7 @@ async fn sigterm_with_an_unconfirmed_backlog_flushes_within_the_bound_and_counts
                 binary.output()
             );
             outage.take().unwrap().end();
+            wait_until_readable(&stream_name).await;
             let received = read_stream_through(&stream_name, confirmed_before).await;
             assert_one_run(&received, floor);
             assert_eq!(ids(&received).last(), Some(&confirmed_before));
