@@ -256,6 +256,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    let publishing = publisher.clone();
     let api = ApiState {
         registry: registry.clone(),
         control,
@@ -274,14 +275,34 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         while tasks.join_next().await.is_some() {}
         served
     };
-    match tokio::time::timeout(grace, stopped).await {
-        Ok(Ok(Ok(()))) => tracing::info!("stopped"),
-        Ok(Ok(Err(e))) => return Err(e).context("HTTP server"),
-        Ok(Err(e)) => anyhow::bail!("HTTP server task failed: {e}"),
-        Err(_) => tracing::warn!(
+    let outcome = tokio::time::timeout(grace, stopped).await;
+    if outcome.is_err() {
+        tracing::warn!(
             "some tasks did not stop within {}s; exiting anyway",
             grace.as_secs()
-        ),
+        );
+    }
+    match outcome {
+        Ok(Ok(Err(e))) => return Err(e).context("HTTP server"),
+        Ok(Err(e)) => anyhow::bail!("HTTP server task failed: {e}"),
+        _ => {}
+    }
+    // The last line: whether every change reached the broker (what a stop could not flush
+    // within its bound is lost with the process, the next run re-describes the services).
+    if publishing.enabled {
+        let unpublished = publishing
+            .outbox_len
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if unpublished == 0 {
+            tracing::info!(unpublished, "stopped");
+        } else {
+            tracing::warn!(
+                unpublished,
+                "stopped; {unpublished} changes were not confirmed by the broker"
+            );
+        }
+    } else {
+        tracing::info!("stopped");
     }
     Ok(())
 }

@@ -154,6 +154,16 @@ impl StreamBroker for FakeBroker {
         self.bed().connection = None;
         Box::pin(std::future::ready(()))
     }
+
+    fn last_publishing_id(&self) -> BoxFuture<'static, Result<Option<u64>, BrokerError>> {
+        let bed = self.bed();
+        let answer = if bed.connection.is_some() {
+            Ok(bed.last_id())
+        } else {
+            Err(BrokerError::NotConnected)
+        };
+        Box::pin(std::future::ready(answer))
+    }
 }
 
 fn tuning() -> Tuning {
@@ -232,6 +242,13 @@ fn seqs(changes: &[Arc<Change>]) -> Vec<u64> {
     changes.iter().map(|c| c.seq).collect()
 }
 
+/// What a run publishes: its opening resync under the floor, then every change.
+fn run_ids(registry: &Registry) -> Vec<u64> {
+    std::iter::once(registry.snapshot().floor)
+        .chain(seqs(&all_changes(registry)))
+        .collect()
+}
+
 async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
@@ -280,11 +297,16 @@ async fn every_change_is_stored_once_in_order() {
     let state = running.stop().await;
 
     let changes = all_changes(&registry);
-    assert_eq!(broker.stored_ids(), seqs(&changes));
-    for (stored, change) in broker.bed().stored.iter().zip(&changes) {
+    assert_eq!(broker.stored_ids(), run_ids(&registry));
+    let stored = broker.bed().stored.clone();
+    assert_eq!(
+        stored[0].event, "services.updated",
+        "the run opens with a resync"
+    );
+    for (stored, change) in stored[1..].iter().zip(&changes) {
         assert_eq!(*stored, Outgoing::from_change(change));
     }
-    let n = changes.len() as u64;
+    let n = changes.len() as u64 + 1;
     assert_eq!(state.published.load(Ordering::Relaxed), n);
     assert_eq!(state.confirmed.load(Ordering::Relaxed), n);
     assert_eq!(state.failed.load(Ordering::Relaxed), 0);
@@ -313,7 +335,7 @@ async fn a_confirm_that_never_arrives_is_resent_and_stored_once() {
     .await;
     let state = running.stop().await;
 
-    assert_eq!(broker.stored_ids(), seqs(&all_changes(&registry)));
+    assert_eq!(broker.stored_ids(), run_ids(&registry));
     assert!(
         broker.bed().duplicates_ignored > 0,
         "the re-sent batch was deduplicated"
@@ -342,7 +364,7 @@ async fn a_batch_stored_halfway_is_completed_without_duplicates() {
     feed(&registry, some_inputs(5)).await;
     wait_all_stored(&broker, &registry).await;
     running.stop().await;
-    assert_eq!(broker.stored_ids(), seqs(&all_changes(&registry)));
+    assert_eq!(broker.stored_ids(), run_ids(&registry));
 }
 
 #[tokio::test]
@@ -357,7 +379,7 @@ async fn the_fold_never_waits_for_an_unreachable_broker() {
         feed(&registry, some_inputs(20)).await;
         let changes = all_changes(&registry);
         wait_for(Duration::from_secs(2), || {
-            running.state.outbox_len.load(Ordering::Relaxed) == changes.len() as u64
+            running.state.outbox_len.load(Ordering::Relaxed) == changes.len() as u64 + 1
         })
         .await;
         assert!(!running.state.is_connected());
@@ -376,7 +398,7 @@ async fn the_fold_never_waits_for_an_unreachable_broker() {
         broker.bed().hang_connect = false;
         wait_all_stored(&broker, &registry).await;
         let state = running.stop().await;
-        assert_eq!(broker.stored_ids(), seqs(&changes));
+        assert_eq!(broker.stored_ids(), run_ids(&registry));
         assert_eq!(state.dropped.load(Ordering::Relaxed), 0);
     }
 }
@@ -459,7 +481,7 @@ async fn a_connection_lost_while_idle_is_noticed_and_reopened() {
     let state = running.stop().await;
     assert_eq!(broker.bed().connects, 2);
     assert_eq!(state.reconnects.load(Ordering::Relaxed), 1);
-    assert_eq!(broker.stored_ids(), seqs(&all_changes(&registry)));
+    assert_eq!(broker.stored_ids(), run_ids(&registry));
 }
 
 #[tokio::test]
@@ -477,10 +499,13 @@ async fn a_publisher_behind_the_change_log_starts_with_the_full_list() {
     let state = running.stop().await;
 
     let stored = broker.bed().stored.clone();
-    assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].publishing_id, snapshot.revision);
-    assert_eq!(stored[0].event, "services.updated");
-    let body: serde_json::Value = serde_json::from_str(&stored[0].body).unwrap();
+    assert_eq!(
+        broker.stored_ids(),
+        [FLOOR, snapshot.revision],
+        "the run's opening resync, then the list as of now"
+    );
+    assert_eq!(stored[1].event, "services.updated");
+    let body: serde_json::Value = serde_json::from_str(&stored[1].body).unwrap();
     assert_eq!(body["services_count"], snapshot.services.len());
     assert_eq!(
         state.dropped.load(Ordering::Relaxed),
@@ -511,7 +536,7 @@ async fn shutdown_flushes_the_outbox_within_one_timeout() {
     .await;
     broker.bed().down = false;
     running.stop().await;
-    assert_eq!(broker.stored_ids(), seqs(&all_changes(&registry)));
+    assert_eq!(broker.stored_ids(), run_ids(&registry));
 }
 
 #[tokio::test]
@@ -563,25 +588,52 @@ async fn shutdown_does_not_wait_for_a_hanging_connection_attempt() {
 }
 
 #[tokio::test]
-async fn ids_another_publisher_already_used_are_reported() {
+async fn a_mark_above_the_run_at_connect_stops_publishing() {
+    // Another publisher already stored ids above this run's under the same name: whatever this
+    // run sends would be discarded, so it stops and says why.
     let broker = FakeBroker::default();
     broker.bed().foreign_last_id = Some(FLOOR + 1_000);
     let registry = registry();
     let running = start(&broker, &registry, tuning());
     feed(&registry, [Input::Tick]).await;
-    wait_for(Duration::from_secs(2), || running.state.is_connected()).await;
-    let error = running.state.last_error.lock().unwrap().clone();
-    assert!(
-        error
-            .as_deref()
-            .is_some_and(|e| e.contains("same producer name")),
-        "{error:?}"
-    );
+    wait_for(Duration::from_secs(2), || running.task.is_finished()).await;
+    let state = running.stop().await;
+    assert_eq!(state.another_writer(), Some(FLOOR + 1_000));
+    assert!(!state.is_connected());
+    let error = state.last_error.lock().unwrap().clone().unwrap();
+    assert!(error.contains("another writer"), "{error}");
+    assert!(error.contains("RABBITMQ_PRODUCER_NAME"), "{error}");
+    assert_eq!(state.last_confirmed.load(Ordering::Relaxed), 0);
+    assert!(broker.stored_ids().is_empty());
+}
+
+#[tokio::test]
+async fn another_writer_raising_the_mark_mid_run_stops_publishing() {
+    let broker = FakeBroker::default();
+    let registry = registry();
+    let running = start(&broker, &registry, tuning());
+    feed(&registry, some_inputs(2)).await;
+    wait_all_stored(&broker, &registry).await;
+    let before = broker.stored_ids();
+
+    // A second registry under the same name starts above this one and publishes.
+    let foreign = registry.snapshot().revision + 1_000_000;
+    broker.bed().foreign_last_id = Some(foreign);
+    feed(&registry, some_inputs(2)).await;
+    wait_for(Duration::from_secs(2), || running.task.is_finished()).await;
+    let state = running.stop().await;
+
+    assert_eq!(state.another_writer(), Some(foreign));
+    assert!(!state.is_connected());
     assert_eq!(
-        running.state.last_confirmed.load(Ordering::Relaxed),
-        FLOOR + 1_000
+        broker.stored_ids(),
+        before,
+        "nothing was sent after the mark moved"
     );
-    running.stop().await;
+    assert_eq!(broker.bed().duplicates_ignored, 0);
+    let error = state.last_error.lock().unwrap().clone().unwrap();
+    assert!(error.contains(&foreign.to_string()), "{error}");
+    assert!(state.outbox_len.load(Ordering::Relaxed) > 0);
 }
 
 #[tokio::test]
@@ -605,7 +657,7 @@ async fn the_publisher_ends_once_the_registry_stopped_and_all_is_published() {
     )
     .await
     .expect("the publisher returns by itself");
-    let expected: Vec<u64> = ((FLOOR + 1)..=last.revision).collect();
+    let expected: Vec<u64> = (FLOOR..=last.revision).collect();
     assert_eq!(broker.stored_ids(), expected);
     assert_eq!(state.outbox_len.load(Ordering::Relaxed), 0);
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broker_support::*;
-use pipeline::{clock_floor, Change, Input, Registry};
+use pipeline::{clock_floor, Change, Input, Registry, RegistryConfig};
 use std::sync::Arc;
 use swarm_registry::broker::{
     floor_above, last_publishing_id, starting_floor, BrokerConfig, Outgoing, RabbitBroker,
@@ -53,6 +53,25 @@ async fn read_through(config: &BrokerConfig, last: u64) -> Vec<Received> {
         .to_vec();
     reader.close().await;
     received
+}
+
+/// A run's first message: the resync under its floor, with the run's list at its start (empty).
+fn assert_opens_run(message: &Received, floor: u64) {
+    assert_eq!(
+        message.message_id,
+        Some(floor),
+        "a run opens under its floor"
+    );
+    assert_eq!(message.routing_key(), "services.updated");
+    assert_eq!(message.body["services"], serde_json::json!([]));
+    assert_eq!(message.seq(), floor);
+}
+
+/// What one run published: its opening resync, then every change once, in order.
+fn assert_run_published(received: &[Received], registry: &Registry) {
+    assert!(!received.is_empty(), "nothing published");
+    assert_opens_run(&received[0], registry.snapshot().floor);
+    assert_matches_changes(&received[1..], &run_changes(registry));
 }
 
 fn assert_matches_changes(received: &[Received], changes: &[Arc<Change>]) {
@@ -113,7 +132,7 @@ async fn create_update_remove_arrive_in_order_with_keys_bodies_and_ids() {
 
     let changes = run_changes(&registry);
     let received = read_through(&config, changes.last().unwrap().seq).await;
-    assert_matches_changes(&received, &changes);
+    assert_run_published(&received, &registry);
     let about_service: Vec<&str> = received
         .iter()
         .filter(|m| m.application_properties.get("service_name") == Some(&name))
@@ -148,7 +167,7 @@ async fn create_update_remove_arrive_in_order_with_keys_bodies_and_ids() {
     assert!(state.is_connected());
     assert_eq!(
         state.confirmed.load(Ordering::Relaxed),
-        changes.len() as u64
+        changes.len() as u64 + 1
     );
     assert_eq!(state.dropped.load(Ordering::Relaxed), 0);
     assert_eq!(state.outbox_len.load(Ordering::Relaxed), 0);
@@ -196,7 +215,12 @@ async fn ids_continue_above_earlier_runs_and_nothing_is_stored_twice() {
     shutdown.cancel();
     task.await.unwrap();
     let second_changes = run_changes(&second);
-    assert_eq!(second_changes[0].seq, first_last + 1);
+    assert_eq!(
+        second.snapshot().floor,
+        first_last + 1,
+        "the second run opens right above the first"
+    );
+    assert_eq!(second_changes[0].seq, first_last + 2);
 
     // Re-sending ids the stream already holds (as after a lost confirm) is confirmed by the
     // broker and stored once.
@@ -217,13 +241,10 @@ async fn ids_continue_above_earlier_runs_and_nothing_is_stored_twice() {
         .unwrap();
     resender.disconnect().await;
 
-    let all: Vec<Arc<Change>> = first_changes
-        .iter()
-        .chain(&second_changes)
-        .cloned()
-        .collect();
-    let received = read_through(&config, all.last().unwrap().seq).await;
-    assert_matches_changes(&received, &all);
+    let received = read_through(&config, second_changes.last().unwrap().seq).await;
+    let (first_run, second_run) = received.split_at(first_changes.len() + 1);
+    assert_run_published(first_run, &first);
+    assert_run_published(second_run, &second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +291,7 @@ async fn a_broker_outage_loses_nothing_and_stores_nothing_twice() {
     wait_confirmed(&state, &registry, Duration::from_secs(60)).await;
     let changes = run_changes(&registry);
     let received = read_through(&config, changes.last().unwrap().seq).await;
-    assert_matches_changes(&received, &changes);
+    assert_run_published(&received, &registry);
     assert!(state.reconnects.load(Ordering::Relaxed) >= 1);
     assert_eq!(state.dropped.load(Ordering::Relaxed), 0);
     assert!(state.last_error.lock().unwrap().is_some());
@@ -309,7 +330,8 @@ async fn the_registry_starts_without_the_broker_and_publishes_once_it_appears() 
             .current_replicas,
         2
     );
-    let backlog = run_changes(&registry).len() as u64;
+    // The run's opening resync waits with the changes.
+    let backlog = run_changes(&registry).len() as u64 + 1;
     assert!(
         eventually(Duration::from_secs(2), || {
             state.outbox_len.load(Ordering::Relaxed) == backlog
@@ -330,7 +352,7 @@ async fn the_registry_starts_without_the_broker_and_publishes_once_it_appears() 
     assert!(state.is_connected());
     let changes = run_changes(&registry);
     let received = read_through(&config, changes.last().unwrap().seq).await;
-    assert_matches_changes(&received, &changes);
+    assert_run_published(&received, &registry);
     stop_publisher(&shutdown, task).await;
 }
 
@@ -432,6 +454,114 @@ async fn a_stream_with_other_arguments_is_reported_and_still_used() {
     assert!(error.contains(&config.stream), "{error}");
     let changes = run_changes(&registry);
     let received = read_through(&config, changes.last().unwrap().seq).await;
-    assert_matches_changes(&received, &changes);
+    assert_run_published(&received, &registry);
     stop_publisher(&shutdown, task).await;
+}
+
+/// How a fault in the middle of a burst reaches the publisher.
+#[derive(Debug, Clone, Copy)]
+enum MidBurstFault {
+    /// The broker is killed (SIGKILL), then started again.
+    Crash,
+    /// The broker, still running, closes every client connection.
+    ConnectionsClosed,
+}
+
+/// A burst of changes with a fault while batches are in flight: every seq is in the stream
+/// exactly once, in order. The batch in flight when the fault hits may or may not have been
+/// stored; it is re-sent either way and the broker keeps one copy.
+async fn a_fault_mid_burst_loses_nothing_and_stores_nothing_twice(fault: MidBurstFault) {
+    // Two changes per upsert. The publisher, with batches of 5 and two round trips per batch,
+    // takes seconds to catch up with the first part: the fault hits while it drains it.
+    const BEFORE: u64 = 5_000;
+    const AFTER: u64 = 1_000;
+    let mut config = test_config("burst");
+    // Small batches: many round trips, so a batch is nearly always awaiting its confirms; an
+    // outbox that holds the whole burst, so nothing is shed into a resync.
+    config.tuning.batch_size = 5;
+    config.tuning.outbox_capacity = 100_000;
+    let _cleanup = StreamCleanup(config.endpoint.clone(), config.stream.clone());
+    // A change log that holds the whole burst, so the test can list every change.
+    let (registry, driver) = Registry::new(RegistryConfig {
+        floor: clock_floor(),
+        log_capacity: 16_384,
+        ..RegistryConfig::default()
+    });
+    tokio::spawn(driver.run());
+    let (state, shutdown, task) = spawn_publisher(&config, &registry);
+    let upsert = |n: u64| Input::Upsert(labelled_spec("b1", "burst", 1 + n % 4, n + 1));
+
+    // The first half of the burst as fast as the fold goes: the publisher falls behind.
+    for n in 0..BEFORE {
+        submit(&registry, upsert(n)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let confirmed = state.confirmed.load(Ordering::Relaxed);
+            confirmed >= 100 && state.published.load(Ordering::Relaxed) > confirmed
+        })
+        .await,
+        "publishing under way"
+    );
+    let at_fault = state.confirmed.load(Ordering::Relaxed);
+    let outage = tokio::task::spawn_blocking(move || match fault {
+        MidBurstFault::Crash => Some(BrokerOutage::crash()),
+        MidBurstFault::ConnectionsClosed => {
+            close_broker_connections();
+            None
+        }
+    })
+    .await
+    .unwrap();
+    // The rest of the burst: the fold never waits for the broker.
+    for n in BEFORE..BEFORE + AFTER {
+        tokio::time::timeout(Duration::from_secs(2), registry.submit(upsert(n)))
+            .await
+            .expect("the fold does not wait for the broker")
+            .unwrap();
+    }
+    let total = run_changes(&registry).len() as u64 + 1;
+    assert!(
+        at_fault < total / 2,
+        "the fault hit mid-burst ({at_fault} of {total} confirmed)"
+    );
+    if let Some(outage) = outage {
+        outage.end();
+    }
+
+    wait_confirmed(&state, &registry, Duration::from_secs(120)).await;
+    assert!(
+        state.reconnects.load(Ordering::Relaxed) >= 1,
+        "the fault was felt"
+    );
+    assert!(
+        state.failed.load(Ordering::Relaxed) > 0,
+        "a batch was in flight when the connection went"
+    );
+    assert_eq!(state.dropped.load(Ordering::Relaxed), 0);
+    let changes = run_changes(&registry);
+    let received = read_through(&config, changes.last().unwrap().seq).await;
+    assert_run_published(&received, &registry);
+    stop_publisher(&shutdown, task).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_burst_loses_nothing_and_stores_nothing_twice() {
+    let _exclusive = BROKER_LOCK.write().await;
+    if !rabbitmq_available("a_broker_killed_mid_burst_loses_nothing_and_stores_nothing_twice") {
+        return;
+    }
+    a_fault_mid_burst_loses_nothing_and_stores_nothing_twice(MidBurstFault::Crash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_by_the_broker_mid_burst_lose_nothing_and_store_nothing_twice() {
+    let _exclusive = BROKER_LOCK.write().await;
+    if !rabbitmq_available(
+        "connections_closed_by_the_broker_mid_burst_lose_nothing_and_store_nothing_twice",
+    ) {
+        return;
+    }
+    a_fault_mid_burst_loses_nothing_and_stores_nothing_twice(MidBurstFault::ConnectionsClosed)
+        .await;
 }

@@ -347,7 +347,10 @@ fn both_sample_stacks_are_valid_stack_files() {
         );
         let text = String::from_utf8_lossy(&out.stdout);
         for service in ["registry:", "rabbitmq:", "agent:"] {
-            assert!(text.contains(service), "{kind} stack lacks {service}\n{text}");
+            assert!(
+                text.contains(service),
+                "{kind} stack lacks {service}\n{text}"
+            );
         }
     }
 }

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use broker_support::{endpoint, rabbitmq_available, StreamCleanup, StreamReader};
+use broker_support::{
+    endpoint, rabbitmq_available, BrokerOutage, Received, StreamCleanup, StreamReader, BROKER_LOCK,
+};
 use http::StatusCode;
 use http_support::{Event, EventReader, Protocol, TestClient};
 use serde_json::{json, Value};
@@ -34,6 +36,9 @@ const START_LIMIT: Duration = Duration::from_secs(30);
 const CHANGE_LIMIT: Duration = Duration::from_secs(30);
 /// How long a stopping or misconfigured process may take to exit.
 const EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// How long a SIGTERM may take at most: the binary's own bound (a grace of at least 10 s,
+/// then 1 s for abandoned tasks) and a margin for a busy machine.
+const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// The bound on one forced metrics sample: one-shot stats answer in milliseconds and the CPU
 /// window is half a second, so an answer that takes longer means the sample hangs (or reads
 /// stats the slow streaming way, about 2 s per container, as the old registry did).
@@ -133,6 +138,55 @@ impl Binary {
 
     fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.pid()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {}", self.pid());
+    }
+
+    /// SIGTERM, then the exit status (which must come within [`STOP_LIMIT`]).
+    fn stop(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        self.wait_exit(STOP_LIMIT).unwrap_or_else(|| {
+            panic!(
+                "still running {STOP_LIMIT:?} after SIGTERM\n{}",
+                self.output()
+            )
+        })
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    fn kill_9(&mut self) {
+        self.signal("-KILL");
+        self.wait_exit(EXIT_LIMIT)
+            .expect("a killed process is gone at once");
+    }
+
+    /// The revision floor of this run, from its start-up line.
+    fn revision_floor(&self) -> u64 {
+        let stdout = self.stdout.text();
+        stdout
+            .lines()
+            .find(|l| l.contains("service registry initialized"))
+            .and_then(|l| l.split(" revision_floor=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no revision_floor in the start-up line\n{stdout}"))
+    }
+
+    /// The last line the process logged.
+    fn last_log_line(&self) -> String {
+        self.stdout
+            .text()
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The exit status, once the process has ended within `limit`.
@@ -289,6 +343,7 @@ fn etag_number(etag: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_labelled_service_reaches_http_sse_and_the_stream_with_one_revision() {
     let test = "a_labelled_service_reaches_http_sse_and_the_stream_with_one_revision";
+    let _shared = BROKER_LOCK.read().await;
     if !swarm_available(test) || !rabbitmq_available(test) {
         return;
     }
@@ -441,6 +496,7 @@ async fn a_labelled_service_reaches_http_sse_and_the_stream_with_one_revision() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_streams_and_exits_zero() {
     let test = "sigterm_ends_streams_and_exits_zero";
+    let _shared = BROKER_LOCK.read().await;
     if !swarm_available(test) || !rabbitmq_available(test) {
         return;
     }
@@ -792,4 +848,429 @@ async fn log_lines_are_plain_text_in_the_suite_format() {
         "fields are plain key=value: {line:?}"
     );
     assert!(!binary.output().contains('\x1b'), "{line:?}");
+}
+
+/// Wait until `stream` can be read again after a broker restart: the stream port answers a
+/// moment before the broker has recovered its streams.
+async fn wait_until_readable(stream: &str) {
+    let deadline = Instant::now() + CHANGE_LIMIT;
+    loop {
+        let endpoint = endpoint();
+        let consumer = async {
+            let environment = rabbitmq_stream_client::Environment::builder()
+                .host(&endpoint.host)
+                .port(endpoint.port)
+                .build()
+                .await
+                .ok()?;
+            environment
+                .consumer()
+                .offset(rabbitmq_stream_client::types::OffsetSpecification::First)
+                .build(stream)
+                .await
+                .ok()
+        };
+        if let Some(consumer) = consumer.await {
+            let _ = consumer.handle().close().await;
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stream} not readable within {CHANGE_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Read `stream` from its first message until one with an id at or above `through` arrives,
+/// then a little longer, so a duplicate or a later message would show.
+async fn read_stream_through(stream: &str, through: u64) -> Vec<Received> {
+    let mut reader = StreamReader::open(&endpoint(), stream).await;
+    let got = reader
+        .read_until(CHANGE_LIMIT, |got| {
+            got.iter()
+                .any(|m| m.message_id.is_some_and(|id| id >= through))
+        })
+        .await
+        .len();
+    let received = reader
+        .read_until(Duration::from_millis(500), |r| r.len() > got)
+        .await
+        .to_vec();
+    reader.close().await;
+    assert!(
+        received
+            .iter()
+            .any(|m| m.message_id.is_some_and(|id| id >= through)),
+        "no message with an id from {through} on {stream}: {} messages",
+        received.len()
+    );
+    received
+}
+
+fn ids(received: &[Received]) -> Vec<u64> {
+    received.iter().map(|m| m.message_id.unwrap()).collect()
+}
+
+/// One run's messages: its opening resync (an empty `services.updated` under its floor), then
+/// its changes numbered on from the floor without a gap and none twice.
+fn assert_one_run(received: &[Received], floor: u64) {
+    let first = received.first().expect("the run published something");
+    assert_eq!(
+        first.message_id,
+        Some(floor),
+        "the run opens under its floor"
+    );
+    assert_eq!(first.routing_key(), "services.updated", "{:?}", first.body);
+    assert_eq!(first.body["services"], json!([]), "{:?}", first.body);
+    let expected: Vec<u64> = (floor..floor + received.len() as u64).collect();
+    assert_eq!(ids(received), expected, "every seq once, in order");
+    for message in received {
+        assert_eq!(Some(message.seq()), message.message_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_unconfirmed_backlog_flushes_within_the_bound_and_counts_the_rest() {
+    let test = "sigterm_with_an_unconfirmed_backlog_flushes_within_the_bound_and_counts_the_rest";
+    let _exclusive = BROKER_LOCK.write().await;
+    if !swarm_available(test) || !rabbitmq_available(test) {
+        return;
+    }
+    // First the broker is back (but the publisher is in a minute-long pause) when the stop
+    // comes: the stop's flush publishes the backlog. Then it stays away: nothing more can be
+    // published, and the last line says how much was not.
+    for broker_back in [true, false] {
+        let prefix = unique_prefix();
+        let stream_name = unique("e2e-backlog");
+        let _cleanup = StreamCleanup(endpoint(), stream_name.clone());
+        let mut settings = broker_settings(&stream_name);
+        // One health.check at start-up and no more: the backlog is the changes made here.
+        settings.push(("HEALTH_CHECK_INTERVAL_SEC", "3600".to_owned()));
+        settings.push(("RABBITMQ_RECONNECT_MIN_MS", "60000".to_owned()));
+        settings.push(("RABBITMQ_RECONNECT_MAX_MS", "60000".to_owned()));
+        settings.push(("RABBITMQ_TIMEOUT_MS", "3000".to_owned()));
+        let mut binary = Binary::start(&prefix, &as_pairs(&settings));
+        binary.wait_ready().await;
+        let floor = binary.revision_floor();
+        let health = binary
+            .poll_json("/health", "everything so far confirmed", |h| {
+                h["publisher"]["connected"] == true
+                    && h["publisher"]["outbox_len"] == 0
+                    && h["publisher"]["last_confirmed"] == h["revision"]
+            })
+            .await;
+        let confirmed_before = health["revision"].as_u64().unwrap();
+
+        let mut outage = Some(BrokerOutage::begin());
+        binary
+            .poll_json("/health", "the publisher to notice the outage", |h| {
+                h["publisher"]["connected"] == false
+            })
+            .await;
+        let enabled = format!("{prefix}.enabled");
+        let service = create_service(
+            &unique("e2e-backlog-svc"),
+            &[(enabled.as_str(), "true")],
+            0,
+            &["sleep", "3600"],
+        );
+        let health = binary
+            .poll_json("/health", "the new service waiting in the outbox", |h| {
+                let revision = h["revision"].as_u64().unwrap_or(0);
+                revision > confirmed_before
+                    && h["publisher"]["outbox_len"].as_u64() == Some(revision - confirmed_before)
+            })
+            .await;
+        let revision = health["revision"].as_u64().unwrap();
+        let backlog = revision - confirmed_before;
+
+        if broker_back {
+            outage.take().unwrap().end();
+        }
+        let status = binary.stop();
+        assert!(status.success(), "{status}\n{}", binary.output());
+        let last = binary.last_log_line();
+        assert!(last.contains("stopped"), "{last}");
+        if broker_back {
+            assert!(
+                last.contains("unpublished=0"),
+                "{last}\n{}",
+                binary.output()
+            );
+            wait_until_readable(&stream_name).await;
+            let received = read_stream_through(&stream_name, revision).await;
+            assert_one_run(&received, floor);
+            assert_eq!(ids(&received).last(), Some(&revision));
+        } else {
+            assert!(
+                last.contains(&format!("unpublished={backlog}"))
+                    && last.contains("not confirmed by the broker"),
+                "{last}\n{}",
+                binary.output()
+            );
+            outage.take().unwrap().end();
+            wait_until_readable(&stream_name).await;
+            let received = read_stream_through(&stream_name, confirmed_before).await;
+            assert_one_run(&received, floor);
+            assert_eq!(ids(&received).last(), Some(&confirmed_before));
+        }
+        drop(service);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_publishing_then_a_restart_stores_nothing_twice_and_opens_with_a_resync() {
+    let test =
+        "kill_9_while_publishing_then_a_restart_stores_nothing_twice_and_opens_with_a_resync";
+    let _shared = BROKER_LOCK.read().await;
+    if !swarm_available(test) || !rabbitmq_available(test) {
+        return;
+    }
+    let stream_name = unique("e2e-kill9");
+    let _cleanup = StreamCleanup(endpoint(), stream_name.clone());
+    let mut settings = broker_settings(&stream_name);
+    // A health.check every second: the first run is publishing when it is killed.
+    settings.push(("HEALTH_CHECK_INTERVAL_SEC", "1".to_owned()));
+    let prefix = unique_prefix();
+
+    let mut first = Binary::start(&prefix, &as_pairs(&settings));
+    first.wait_ready().await;
+    let first_floor = first.revision_floor();
+    first
+        .poll_json("/health", "a few confirmed changes", |h| {
+            h["publisher"]["last_confirmed"]
+                .as_u64()
+                .is_some_and(|c| c >= first_floor + 3)
+        })
+        .await;
+    first.kill_9();
+
+    let mut second = Binary::start(&prefix, &as_pairs(&settings));
+    second.wait_ready().await;
+    let second_floor = second.revision_floor();
+    second
+        .poll_json("/health", "the second run publishing", |h| {
+            h["publisher"]["last_confirmed"]
+                .as_u64()
+                .is_some_and(|c| c >= second_floor + 2)
+        })
+        .await;
+
+    let received = read_stream_through(&stream_name, second_floor + 2).await;
+    let all = ids(&received);
+    assert!(
+        all.windows(2).all(|w| w[0] < w[1]),
+        "no id twice, ids rising: {all:?}"
+    );
+    let split = received
+        .iter()
+        .position(|m| m.message_id.is_some_and(|id| id >= second_floor))
+        .unwrap();
+    // What the first run got confirmed is there once; the second run starts above all of it
+    // and opens with a resync a consumer replaces its list with.
+    assert_one_run(&received[..split], first_floor);
+    assert_one_run(&received[split..], second_floor);
+    second.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_raises_revisions_and_etags_and_resets_event_ids_of_the_earlier_run() {
+    let test = "a_restart_raises_revisions_and_etags_and_resets_event_ids_of_the_earlier_run";
+    let _shared = BROKER_LOCK.read().await;
+    if !swarm_available(test) {
+        return;
+    }
+    for with_broker in [false, true] {
+        if with_broker && !rabbitmq_available(test) {
+            return;
+        }
+        let prefix = unique_prefix();
+        let stream_name = unique("e2e-restart");
+        let _cleanup = StreamCleanup(endpoint(), stream_name.clone());
+        let settings = if with_broker {
+            broker_settings(&stream_name)
+        } else {
+            Vec::new()
+        };
+        let name = unique("e2e-restart-svc");
+        let enabled = format!("{prefix}.enabled");
+        let _service = create_service(&name, &[(enabled.as_str(), "true")], 0, &["sleep", "3600"]);
+
+        // Run 1: the numbers a client keeps.
+        let mut first = Binary::start(&prefix, &as_pairs(&settings));
+        first.wait_ready().await;
+        first
+            .poll_json("/services", "the service listed", |b| {
+                b["services"].as_array().is_some_and(|s| s.len() == 1)
+            })
+            .await;
+        let client = first.client(Protocol::Http1);
+        let list = client.get("/services").await;
+        let first_etag = list.header("etag").unwrap().to_owned();
+        let first_revision: u64 = list.header("x-registry-revision").unwrap().parse().unwrap();
+        let first_entry_etag = etag_number(
+            client
+                .get(&format!("/services/{name}"))
+                .await
+                .header("etag")
+                .unwrap(),
+        );
+        let mut events = client.events("/events/stream", &[]).await;
+        let snapshot = events.next().await.unwrap();
+        assert_eq!(snapshot.event, "snapshot");
+        let first_event_id = snapshot.id.unwrap();
+        drop(events);
+        assert!(first.stop().success(), "{}", first.output());
+
+        // Run 2: every number above run 1's.
+        let mut second = Binary::start(&prefix, &as_pairs(&settings));
+        second.wait_ready().await;
+        second
+            .poll_json("/services", "the service listed again", |b| {
+                b["services"].as_array().is_some_and(|s| s.len() == 1)
+            })
+            .await;
+        assert!(
+            second.revision_floor() >= first_revision,
+            "with_broker={with_broker}: floor {} below run 1's revision {first_revision}",
+            second.revision_floor()
+        );
+        let client = second.client(Protocol::Http1);
+        let list = client.get("/services").await;
+        let second_revision: u64 = list.header("x-registry-revision").unwrap().parse().unwrap();
+        assert!(
+            second_revision > first_revision,
+            "with_broker={with_broker}"
+        );
+        assert!(
+            etag_number(list.header("etag").unwrap()) > etag_number(&first_etag),
+            "with_broker={with_broker}"
+        );
+        let entry_etag = etag_number(
+            client
+                .get(&format!("/services/{name}"))
+                .await
+                .header("etag")
+                .unwrap(),
+        );
+        assert!(entry_etag > first_entry_etag, "with_broker={with_broker}");
+        // Run 1's ETag never matches run 2's data.
+        let revalidated = client
+            .send(
+                client
+                    .request(http::Method::GET, "/services")
+                    .header("if-none-match", &first_etag),
+            )
+            .await;
+        assert_eq!(
+            revalidated.status,
+            StatusCode::OK,
+            "with_broker={with_broker}"
+        );
+        // Run 1's event id: a reset that says why, never a silent gap.
+        let mut resumed = client
+            .events(
+                "/events/stream",
+                &[("last-event-id", &first_event_id.to_string())],
+            )
+            .await;
+        let reset = resumed.next().await.unwrap();
+        assert_eq!(reset.event, "reset", "with_broker={with_broker}");
+        let reason = reset.json()["reason"].as_str().unwrap().to_owned();
+        assert!(
+            reason.contains("predates this run"),
+            "with_broker={with_broker}: {reason}"
+        );
+        assert!(reason.contains(&first_event_id.to_string()), "{reason}");
+        drop(resumed);
+        second.assert_running();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_registries_under_one_producer_name_the_first_stops_publishing_and_says_so() {
+    let test = "two_registries_under_one_producer_name_the_first_stops_publishing_and_says_so";
+    let _shared = BROKER_LOCK.read().await;
+    if !swarm_available(test) || !rabbitmq_available(test) {
+        return;
+    }
+    let stream_name = unique("e2e-twins");
+    let _cleanup = StreamCleanup(endpoint(), stream_name.clone());
+    let mut settings = broker_settings(&stream_name);
+    settings.push(("HEALTH_CHECK_INTERVAL_SEC", "1".to_owned()));
+
+    let mut first = Binary::start(&unique_prefix(), &as_pairs(&settings));
+    first.wait_ready().await;
+    let first_floor = first.revision_floor();
+    first
+        .poll_json("/health", "the first registry publishing", |h| {
+            h["publisher"]["last_confirmed"]
+                .as_u64()
+                .is_some_and(|c| c > first_floor)
+        })
+        .await;
+
+    // The second starts above everything the first published and raises the broker's mark:
+    // from then on, the first one's ids would be dropped as duplicates.
+    let mut second = Binary::start(&unique_prefix(), &as_pairs(&settings));
+    second.wait_ready().await;
+    let second_floor = second.revision_floor();
+
+    let health = first
+        .poll_json("/health", "the first registry to notice", |h| {
+            h["publisher"]["another_writer"] == true
+        })
+        .await;
+    let publisher = &health["publisher"];
+    assert_eq!(publisher["connected"], false, "{health}");
+    assert!(
+        publisher["foreign_publishing_id"]
+            .as_u64()
+            .is_some_and(|id| id >= second_floor),
+        "{health}"
+    );
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["warnings"].as_array().is_some_and(|w| w
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("another writer"))),
+        "{health}"
+    );
+    assert!(
+        publisher["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("RABBITMQ_PRODUCER_NAME")),
+        "{health}"
+    );
+    let metrics = first.client(Protocol::Http1).get("/metrics").await;
+    assert!(String::from_utf8_lossy(&metrics.body)
+        .contains("swarm_registry_publisher_another_writer 1\n"));
+    assert!(
+        first
+            .stdout
+            .text()
+            .contains("another writer publishes under this producer name"),
+        "{}",
+        first.output()
+    );
+    first.assert_running();
+
+    // The second keeps publishing and sees nothing wrong.
+    let health = second
+        .poll_json("/health", "the second registry publishing", |h| {
+            h["publisher"]["last_confirmed"]
+                .as_u64()
+                .is_some_and(|c| c >= second_floor + 2)
+        })
+        .await;
+    assert_eq!(health["publisher"]["another_writer"], false, "{health}");
+    assert_eq!(health["publisher"]["connected"], true, "{health}");
+    let received = read_stream_through(&stream_name, second_floor + 2).await;
+    let split = received
+        .iter()
+        .position(|m| m.message_id.is_some_and(|id| id >= second_floor))
+        .unwrap();
+    assert_one_run(&received[..split], first_floor);
+    assert_one_run(&received[split..], second_floor);
 }

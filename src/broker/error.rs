@@ -33,4 +33,13 @@ pub enum BrokerError {
     ConnectionLost,
     #[error("not connected to the broker")]
     NotConnected,
+    /// The broker's dedup mark for our producer name is above every id this process sent:
+    /// someone else publishes under the name, and our next ids would be dropped silently.
+    #[error(
+        "another writer publishes under this producer name: the broker's last publishing id is \
+         {broker_last}, above the {sent_up_to} this registry sent; its changes would be \
+         discarded as duplicates, so it stopped publishing (give each registry its own \
+         RABBITMQ_PRODUCER_NAME, or stop one; a restart publishes again)"
+    )]
+    AnotherWriter { broker_last: u64, sent_up_to: u64 },
 }

@@ -13,9 +13,11 @@
 //!
 //! What it does not promise: the outbox lives in memory, so changes not yet confirmed when the
 //! process dies (rather than stops: a stop flushes within one timeout) are gone; the next run
-//! starts above them and its first changes re-describe every service. And one producer name
-//! belongs to one running registry: two publishing under the same name would have each
-//! other's lower ids discarded as duplicates (the publisher reports it when it sees it).
+//! starts above them, opens with an empty `services.updated` (so consumers see a run began) and
+//! its first changes re-describe every service. And one producer name belongs to one running
+//! registry: two publishing under the same name would have each other's lower ids discarded
+//! as duplicates. The publisher that finds the broker's mark above everything it sent stops
+//! publishing for the rest of its run and says so.
 
 pub mod config;
 pub mod error;

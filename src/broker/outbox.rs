@@ -138,6 +138,21 @@ impl Outbox {
         }
     }
 
+    /// The outbox of a run whose changes are numbered above `floor`: it opens with a resync
+    /// marker under `floor` itself, holding the run's list as of its start (empty). It is the
+    /// run's first message on the stream, so a consumer sees where a new run began (after a
+    /// crash, changes the previous run never got confirmed are gone) and replaces its list;
+    /// the run's own changes then describe every service again.
+    pub fn starting_run(capacity: usize, floor: u64, at: Timestamp) -> Self {
+        let mut outbox = Outbox::new(capacity, floor, ServiceMap::new());
+        outbox.entries.push_back(Entry::Resync {
+            seq: floor,
+            at,
+            services: ServiceMap::new(),
+        });
+        outbox
+    }
+
     /// Take in the registry's next change. Returns how many changes were dropped to make room.
     /// A change at or below the position (a repeat) is ignored.
     pub fn push(&mut self, change: Arc<Change>) -> u64 {
@@ -555,6 +570,27 @@ mod tests {
         assert!(batch.messages.is_empty());
         assert_eq!(batch.oversized.len(), before);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_run_opens_with_an_empty_resync_under_its_floor() {
+        let mut outbox = Outbox::starting_run(10, 1000, Timestamp(5));
+        assert_eq!(outbox.len(), 1);
+        let changes = changes_of(2);
+        for change in &changes {
+            outbox.push(change.clone());
+        }
+        let batch = outbox.next_batch(BatchLimits::new(100, 1 << 20));
+        let ids: Vec<u64> = batch.messages.iter().map(|m| m.publishing_id).collect();
+        let expected: Vec<u64> = std::iter::once(1000)
+            .chain(changes.iter().map(|c| c.seq))
+            .collect();
+        assert_eq!(ids, expected);
+        let first = &batch.messages[0];
+        assert_eq!(first.event, "services.updated");
+        let body: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+        assert_eq!(body["services"], serde_json::json!([]));
+        assert_eq!(body["seq"], 1000);
     }
 
     #[test]

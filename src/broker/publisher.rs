@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use pipeline::{Registry, ServiceMap, Subscription, Timestamp, Update};
+use pipeline::{Registry, Subscription, Timestamp, Update};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +61,14 @@ pub trait StreamBroker: Send + 'static {
 
     /// Close the connection, releasing the producer.
     fn disconnect(&mut self) -> BoxFuture<'_, ()>;
+
+    /// The named producer's last stored publishing id, asked on the current connection (`None`:
+    /// it never published). The publisher asks before every batch: a mark above every id it
+    /// sent means another writer uses the name. A broker that cannot tell keeps this default,
+    /// which turns the check off.
+    fn last_publishing_id(&self) -> BoxFuture<'static, Result<Option<u64>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// Why the connected phase ended without an error.
@@ -88,7 +96,8 @@ pub struct Publisher<B> {
     limits: BatchLimits,
     state: Arc<PublisherState>,
     connected_before: bool,
-    /// The highest publishing id this publisher ever sent (or the run's floor).
+    /// The highest publishing id this publisher ever sent (before the first send: the id just
+    /// below the run's first, its floor). A broker mark above it was not set by this process.
     sent_up_to: u64,
     /// Whether the outbox is shedding changes, to log once per episode rather than per change.
     overflowing: bool,
@@ -108,13 +117,13 @@ impl<B: StreamBroker> Publisher<B> {
         Publisher {
             sending: None,
             broker,
-            outbox: Outbox::new(tuning.outbox_capacity, floor, ServiceMap::new()),
+            outbox: Outbox::starting_run(tuning.outbox_capacity, floor, Timestamp::now()),
             updates: Some(updates),
             tuning,
             limits: BatchLimits::new(tuning.batch_size, FRAME_MAX),
             state,
             connected_before: false,
-            sent_up_to: floor,
+            sent_up_to: floor.saturating_sub(1),
             overflowing: false,
             progressed: false,
         }
@@ -140,9 +149,11 @@ impl<B: StreamBroker> Publisher<B> {
             };
             let result = match attempt {
                 Ok(Ok(connected)) => {
-                    self.on_connected(connected);
                     let since = Instant::now();
-                    let result = self.publish_while_connected(&shutdown).await;
+                    let result = match self.on_connected(connected) {
+                        Ok(()) => self.publish_while_connected(&shutdown).await,
+                        Err(error) => Err(error),
+                    };
                     // A connection that did real work, or lived long, starts the delays
                     // over; one that fails at once (say, every publish refused) keeps
                     // backing off instead of reconnecting in a tight loop.
@@ -160,6 +171,11 @@ impl<B: StreamBroker> Publisher<B> {
             match result {
                 Ok(Stop::Drained) => break,
                 Ok(Stop::Shutdown) => break,
+                Err(error @ BrokerError::AnotherWriter { .. }) => {
+                    self.halt(&error);
+                    self.disconnect().await;
+                    return;
+                }
                 Err(error) => {
                     self.on_failure(&error, backoff.is_reset());
                     self.disconnect().await;
@@ -175,7 +191,9 @@ impl<B: StreamBroker> Publisher<B> {
         self.disconnect().await;
     }
 
-    fn on_connected(&mut self, connected: Connected) {
+    /// Take in what a connection learned. Fails with [`BrokerError::AnotherWriter`] when the
+    /// producer's mark is above every id this process sent.
+    fn on_connected(&mut self, connected: Connected) -> Result<(), BrokerError> {
         if self.connected_before {
             self.state.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!("reconnected to the broker");
@@ -188,22 +206,33 @@ impl<B: StreamBroker> Publisher<B> {
             self.record_error(notice);
         }
         if let Some(last) = connected.last_publishing_id {
+            // The broker drops ids at or below `last` as duplicates: changes this run has not
+            // sent yet with such ids would vanish. The run's floor is above the mark the
+            // broker had at start-up, so only another publisher under the same producer name
+            // (or, when the broker could not be asked at start-up, a clock set far back)
+            // can cause it.
+            check_mark(last, self.sent_up_to)?;
+            // At or below what we sent: ours, possibly from a batch whose confirm was lost.
             self.state.last_confirmed.fetch_max(last, Ordering::Relaxed);
-            if last > self.sent_up_to {
-                // The broker drops ids at or below `last` as duplicates: changes this run has
-                // not sent yet with such ids would vanish. Only another publisher under the
-                // same producer name (or a clock set far back) can cause it.
-                let message = format!(
-                    "the stream already holds publishing id {last} from this producer name, above \
-                     anything this registry sent ({}); changes up to that id will be discarded as \
-                     duplicates. Is another registry publishing under the same producer name?",
-                    self.sent_up_to
-                );
-                tracing::error!("{message}");
-                self.record_error(message);
-            }
         }
         self.state.connected.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Stop publishing for the rest of the run: another writer uses the producer name, so
+    /// whatever this process sends would be discarded or, worse, interleave with the other
+    /// writer's ids. Says so in the log and in /health, and lets go of the subscription.
+    fn halt(&mut self, error: &BrokerError) {
+        if let BrokerError::AnotherWriter { broker_last, .. } = error {
+            self.state
+                .foreign_publishing_id
+                .store(*broker_last, Ordering::Relaxed);
+        }
+        self.state.connected.store(false, Ordering::Relaxed);
+        tracing::error!(unpublished = self.outbox.len(), "{error}");
+        self.record_error(error.to_string());
+        self.updates = None;
+        self.sending = None;
     }
 
     /// Note a failure. Only the first of a series is a warning; the rest of an outage logs
@@ -285,14 +314,25 @@ impl<B: StreamBroker> Publisher<B> {
         }
         self.report_outbox();
         let last = batch.messages.last()?.publishing_id;
-        self.sent_up_to = self.sent_up_to.max(last);
         self.state
             .published
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
         let timeout = self.tuning.timeout;
+        // Asked before the batch goes out: if another writer raised the mark, this batch
+        // would vanish as duplicates. (What races the check is lost either way; the next
+        // check stops publishing.)
+        let mark = self.broker.last_publishing_id();
+        let sent_before = self.sent_up_to;
+        self.sent_up_to = self.sent_up_to.max(last);
         let send = self.broker.send_batch(batch.messages);
+        let checked_send = async move {
+            if let Some(broker_last) = mark.await? {
+                check_mark(broker_last, sent_before)?;
+            }
+            send.await
+        };
         Some(Box::pin(async move {
-            match tokio::time::timeout(timeout, send).await {
+            match tokio::time::timeout(timeout, checked_send).await {
                 Ok(result) => result,
                 Err(_) => Err(BrokerError::Timeout {
                     operation: "waiting for publish confirms",
@@ -399,6 +439,7 @@ impl<B: StreamBroker> Publisher<B> {
         let result = tokio::time::timeout(self.tuning.timeout, self.flush_unbounded()).await;
         match result {
             Ok(Ok(())) => tracing::info!(pending, "published the outbox before stopping"),
+            Ok(Err(error @ BrokerError::AnotherWriter { .. })) => self.halt(&error),
             Ok(Err(error)) => {
                 self.on_failure(&error, true);
                 tracing::warn!(
@@ -425,7 +466,7 @@ impl<B: StreamBroker> Publisher<B> {
         }
         if !self.state.is_connected() {
             let connected = self.broker.connect().await?;
-            self.on_connected(connected);
+            self.on_connected(connected)?;
         }
         while let Some(send) = self.start_batch() {
             match send.await {
@@ -438,6 +479,18 @@ impl<B: StreamBroker> Publisher<B> {
         }
         Ok(())
     }
+}
+
+/// Fails when the broker's mark for the producer (`broker_last`) is above every id this
+/// process sent (`sent_up_to`): only another writer can have put it there.
+fn check_mark(broker_last: u64, sent_up_to: u64) -> Result<(), BrokerError> {
+    if broker_last > sent_up_to {
+        return Err(BrokerError::AnotherWriter {
+            broker_last,
+            sent_up_to,
+        });
+    }
+    Ok(())
 }
 
 /// The in-flight send's result, or never when nothing is in flight.

@@ -106,7 +106,7 @@ pub async fn starting_floor(config: &BrokerConfig, timeout: Duration) -> u64 {
             let floor = floor_above(clock, last);
             if floor > clock {
                 tracing::warn!(
-                    last_publishing_id = floor,
+                    last_publishing_id = ?last,
                     "the broker holds publishing ids above the clock; continuing above them"
                 );
             }
@@ -119,27 +119,42 @@ pub async fn starting_floor(config: &BrokerConfig, timeout: Duration) -> u64 {
     }
 }
 
-/// The floor for a run: revisions start above it, so above both the clock's floor and the
-/// broker's last id.
+/// The floor for a run: revisions start above it, and it is above the broker's last id too,
+/// because the floor itself is the run's first publishing id (its opening resync, see
+/// [`Outbox::starting_run`](super::outbox::Outbox::starting_run)).
 pub fn floor_above(clock_floor: u64, last_publishing_id: Option<u64>) -> u64 {
-    clock_floor.max(last_publishing_id.unwrap_or(0))
+    clock_floor.max(last_publishing_id.map_or(0, |last| last.saturating_add(1)))
 }
 
 async fn query_last_id(config: &BrokerConfig) -> Result<Option<u64>, BrokerError> {
-    let client = Client::connect(client_options(&config.endpoint))
+    let client = query_client(config).await?;
+    let sequence = ask_last_id(&client, &config.producer_name, &config.stream).await;
+    let _ = client.close().await;
+    sequence
+}
+
+/// A plain client connection for questions (not publishing).
+async fn query_client(config: &BrokerConfig) -> Result<Client, BrokerError> {
+    Client::connect(client_options(&config.endpoint))
         .await
         .map_err(|e| BrokerError::Connect {
             endpoint: config.endpoint.to_string(),
             reason: e.to_string(),
-        })?;
+        })
+}
+
+async fn ask_last_id(
+    client: &Client,
+    producer: &str,
+    stream: &str,
+) -> Result<Option<u64>, BrokerError> {
     let sequence = client
-        .query_publisher_sequence(&config.producer_name, &config.stream)
-        .await;
-    let _ = client.close().await;
-    let sequence = sequence.map_err(|e| BrokerError::QuerySequence {
-        producer: config.producer_name.clone(),
-        reason: e.to_string(),
-    })?;
+        .query_publisher_sequence(producer, stream)
+        .await
+        .map_err(|e| BrokerError::QuerySequence {
+            producer: producer.to_owned(),
+            reason: e.to_string(),
+        })?;
     // The broker answers 0 for a producer it does not know; real ids are far above 0.
     Ok((sequence > 0).then_some(sequence))
 }
@@ -168,6 +183,9 @@ pub struct RabbitBroker {
     /// Shared with the send in flight, which needs it only while queueing its messages.
     /// `Producer<Dedup>` cannot be cloned, hence the lock.
     producer: Arc<Mutex<Option<Producer<Dedup>>>>,
+    /// A second connection, kept with the producer's, on which the publisher asks for the
+    /// producer's last id before each batch (one round trip, no new connection each time).
+    query: Option<Client>,
     lost: watch::Receiver<bool>,
     /// Set once the stream was found with other arguments, so it is reported once, not at
     /// every reconnection.
@@ -181,6 +199,7 @@ impl RabbitBroker {
         RabbitBroker {
             config,
             producer: Arc::new(Mutex::new(None)),
+            query: None,
             lost,
             arguments_reported: false,
         }
@@ -233,7 +252,16 @@ impl RabbitBroker {
                 })
             }
         }
-        let last_publishing_id = query_last_id(config).await?;
+        let query = query_client(config).await?;
+        let last_publishing_id =
+            match ask_last_id(&query, &config.producer_name, &config.stream).await {
+                Ok(last) => last,
+                Err(error) => {
+                    let _ = query.close().await;
+                    return Err(error);
+                }
+            };
+        self.query = Some(query);
         let (lost_tx, lost_rx) = watch::channel(false);
         let producer = match self
             .build_producer(&environment, true, lost_tx.clone())
@@ -283,6 +311,9 @@ impl RabbitBroker {
         let producer = self.producer.lock().await.take();
         if let Some(producer) = producer {
             let _ = tokio::time::timeout(self.config.tuning.timeout, producer.close()).await;
+        }
+        if let Some(query) = self.query.take() {
+            let _ = tokio::time::timeout(self.config.tuning.timeout, query.close()).await;
         }
     }
 }
@@ -356,6 +387,16 @@ impl StreamBroker for RabbitBroker {
     fn disconnect(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(self.close_producer())
     }
+
+    fn last_publishing_id(&self) -> BoxFuture<'static, Result<Option<u64>, BrokerError>> {
+        let query = self.query.clone();
+        let producer = self.config.producer_name.clone();
+        let stream = self.config.stream.clone();
+        Box::pin(async move {
+            let query = query.ok_or(BrokerError::NotConnected)?;
+            ask_last_id(&query, &producer, &stream).await
+        })
+    }
 }
 
 #[cfg(test)]
@@ -368,7 +409,9 @@ mod tests {
     fn the_floor_is_above_both_the_clock_and_the_broker() {
         assert_eq!(floor_above(1_000, None), 1_000);
         assert_eq!(floor_above(1_000, Some(400)), 1_000);
-        assert_eq!(floor_above(1_000, Some(5_000)), 5_000);
+        assert_eq!(floor_above(1_000, Some(999)), 1_000);
+        assert_eq!(floor_above(1_000, Some(1_000)), 1_001);
+        assert_eq!(floor_above(1_000, Some(5_000)), 5_001);
     }
 
     #[test]

@@ -338,6 +338,12 @@ pub fn health_report(
     if publisher.enabled && !publisher.is_connected() {
         warnings.push("event publisher is not connected to the broker".to_owned());
     }
+    if let Some(id) = publisher.another_writer() {
+        warnings.push(format!(
+            "event publisher stopped: another writer uses its producer name (the broker's last \
+             publishing id {id} was not sent by this registry)"
+        ));
+    }
     HealthReport {
         healthy: warnings.is_empty(),
         warnings,
@@ -346,9 +352,13 @@ pub fn health_report(
 
 #[derive(Serialize)]
 struct PublisherBody<'a> {
+    /// Publishing stopped for this run: another writer uses the producer name.
+    another_writer: bool,
     connected: bool,
     dropped: u64,
     enabled: bool,
+    /// The broker's id that gave the other writer away (null unless `another_writer`).
+    foreign_publishing_id: Option<u64>,
     last_confirmed: u64,
     last_error: Option<String>,
     outbox_len: u64,
@@ -357,10 +367,12 @@ struct PublisherBody<'a> {
 
 fn publisher_body(publisher: &PublisherState) -> PublisherBody<'_> {
     PublisherBody {
+        another_writer: publisher.another_writer().is_some(),
         connected: publisher.is_connected(),
         dropped: publisher.dropped.load(Ordering::Relaxed),
         enabled: publisher.enabled,
         last_confirmed: publisher.last_confirmed.load(Ordering::Relaxed),
+        foreign_publishing_id: publisher.another_writer(),
         last_error: publisher
             .last_error
             .lock()

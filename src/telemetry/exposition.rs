@@ -394,6 +394,12 @@ impl Scrape {
         )?;
         gauge(
             e,
+            "publisher_another_writer",
+            "1 when publishing stopped because another writer uses the producer name.",
+            i64::from(p.another_writer().is_some()),
+        )?;
+        gauge(
+            e,
             "publisher_last_confirmed",
             "The highest change seq the broker confirmed.",
             load(&p.last_confirmed),
@@ -535,6 +541,7 @@ mod tests {
             "sse_events_total counter",
             "publisher_enabled gauge",
             "publisher_connected gauge",
+            "publisher_another_writer gauge",
             "publisher_last_confirmed gauge",
             "publisher_outbox gauge",
             "publisher_published_total counter",

@@ -46,6 +46,10 @@ pub struct PublisherState {
     pub confirmed: AtomicU64,
     pub failed: AtomicU64,
     pub reconnects: AtomicU64,
+    /// The broker's last publishing id for our producer name when it was found above every id
+    /// this process sent (0: never): another writer uses the name, and publishing stopped for
+    /// the rest of the run.
+    pub foreign_publishing_id: AtomicU64,
     /// The last error, for operators.
     pub last_error: Mutex<Option<String>>,
 }
@@ -67,5 +71,14 @@ impl PublisherState {
 
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether publishing stopped because another writer uses the producer name; with the
+    /// broker's id that gave it away.
+    pub fn another_writer(&self) -> Option<u64> {
+        match self.foreign_publishing_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
     }
 }

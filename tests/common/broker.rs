@@ -322,6 +322,14 @@ impl BrokerOutage {
         BrokerOutage { running: false }
     }
 
+    /// A crash: the broker is killed with SIGKILL, so no connection is closed cleanly and
+    /// confirms of a batch in flight never come.
+    pub fn crash() -> Self {
+        let outage = BrokerOutage { running: false };
+        dev_env("rabbitmq-kill");
+        outage
+    }
+
     pub fn end(mut self) {
         self.restart();
     }
@@ -338,6 +346,12 @@ impl Drop for BrokerOutage {
     fn drop(&mut self) {
         self.restart();
     }
+}
+
+/// The running broker closes every client connection (as an operator's
+/// `rabbitmqctl close_all_connections` or a broker-side idle policy would).
+pub fn close_broker_connections() {
+    dev_env("rabbitmq-close-connections");
 }
 
 /// Run the publisher for `registry` on the real broker; returns its state and a way to stop it.
