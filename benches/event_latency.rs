@@ -161,19 +161,6 @@ impl Engine for TimedEngine {
         .boxed()
     }
 
-    fn inspect_services<'a>(
-        &'a self,
-        service_ids: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<pipeline::ServiceSpec>, EngineError>> {
-        async move {
-            let started = Instant::now();
-            let answer = self.inner.inspect_services(service_ids).await;
-            self.timeline.request(service_ids.to_vec(), started);
-            answer
-        }
-        .boxed()
-    }
-
     fn events(
         &self,
         since: Option<EventCursor>,
@@ -253,7 +240,7 @@ struct Figures {
     remove: Vec<f64>,
     operations: u64,
     inspects: u64,
-    /// Requests about services (an inspect, or one list filtered by several ids).
+    /// Requests about services (inspects).
     requests: u64,
     /// By operation (create, update): where each extra delay went ([`Bench::phases`]).
     phases: Vec<(&'static str, [f64; 4])>,

@@ -85,9 +85,8 @@ impl BollardEngine {
         }
     }
 
-    /// Every service, or (`ids` given) those whose id starts with one of `ids`.
-    async fn services(&self, ids: Option<&[String]>) -> Result<Vec<ServiceSpec>, EngineError> {
-        let filters = ids.map(|ids| HashMap::from([("id".to_owned(), ids.to_vec())]));
+    async fn services(&self, id: Option<&str>) -> Result<Vec<ServiceSpec>, EngineError> {
+        let filters = id.map(|id| HashMap::from([("id".to_owned(), vec![id.to_owned()])]));
         let options = ListServicesOptions {
             filters,
             status: Some(true),
@@ -151,24 +150,8 @@ impl Engine for BollardEngine {
         // A list filtered by id, not GET /services/{id}: only lists report task counts. The
         // filter matches id prefixes, so pick the exact id.
         async move {
-            let specs = self.services(Some(&[service_id.to_owned()])).await?;
+            let specs = self.services(Some(service_id)).await?;
             Ok(specs.into_iter().find(|s| s.id == service_id))
-        }
-        .boxed()
-    }
-
-    fn inspect_services<'a>(
-        &'a self,
-        service_ids: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<ServiceSpec>, EngineError>> {
-        // One list filtered by every id (Docker ORs the values of one filter); the filter
-        // matches prefixes, so keep the exact ids only.
-        async move {
-            let specs = self.services(Some(service_ids)).await?;
-            Ok(specs
-                .into_iter()
-                .filter(|s| service_ids.contains(&s.id))
-                .collect())
         }
         .boxed()
     }

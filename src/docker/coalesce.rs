@@ -231,39 +231,6 @@ impl<T> ApplyQueue<T> {
         }
     }
 
-    /// Another event about `service_id` arrived while its inspect, ordered to fill `slot`,
-    /// has not been sent yet (it waits for an earlier request): that inspect takes the place
-    /// of the newest event instead, as a trailing one would, since it will show the service
-    /// as of then. Returns the slot it fills now.
-    pub fn postpone(&mut self, service_id: &str, slot: Slot) -> Slot {
-        let Some(tracked) = self.services.get_mut(service_id) else {
-            return slot;
-        };
-        if tracked.in_flight != slot {
-            return slot;
-        }
-        let Some(newest) = tracked.dirty.take() else {
-            return slot;
-        };
-        tracked.in_flight = newest;
-        self.clear_slot(slot);
-        newest
-    }
-
-    /// The inspect of `service_id` ordered to fill `slot` will not be sent (an event said the
-    /// service is gone, and its removal applies in the event's place): nothing applies in
-    /// `slot`, and the service is no longer pending.
-    pub fn withdraw(&mut self, service_id: &str, slot: Slot) {
-        if self
-            .services
-            .get(service_id)
-            .is_some_and(|t| t.in_flight == slot)
-        {
-            self.services.remove(service_id);
-            self.clear_slot(slot);
-        }
-    }
-
     /// The next item to apply, when every earlier slot has been applied or is empty.
     pub fn pop(&mut self) -> Option<T> {
         loop {
@@ -436,33 +403,6 @@ mod tests {
         let list = q.list_issued();
         q.list_completed(list, None);
         assert_eq!(q.pop(), None);
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn an_inspect_not_sent_yet_moves_to_its_newest_event_or_is_withdrawn() {
-        // x (waiting to be sent), y, x again: x's one inspect answers in the second x's place.
-        let mut q = ApplyQueue::new();
-        let x = q.changed("x").unwrap();
-        let y = q.changed("y").unwrap();
-        assert_eq!(q.changed("x"), None);
-        let x_slot = q.postpone("x", x.slot);
-        assert_ne!(x_slot, x.slot);
-        q.inspected("y", y.slot, Some("y1"));
-        assert_eq!(drain(&mut q), ["y1"], "x's first place is empty");
-        assert_eq!(
-            q.inspected("x", x_slot, Some("x2")),
-            None,
-            "no trailing one"
-        );
-        assert_eq!(drain(&mut q), ["x2"]);
-        assert!(q.is_empty() && !q.is_pending("x"));
-        // z waiting, then removed: only the removal applies.
-        let z = q.changed("z").unwrap();
-        q.removed("z", "z removed");
-        q.withdraw("z", z.slot);
-        assert!(!q.is_pending("z"));
-        assert_eq!(drain(&mut q), ["z removed"]);
         assert!(q.is_empty());
     }
 

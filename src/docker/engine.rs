@@ -6,7 +6,6 @@
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::FutureExt;
 use pipeline::ServiceSpec;
 use tokio::time::Instant;
 
@@ -151,23 +150,6 @@ pub trait Engine: Send + Sync + 'static {
         &'a self,
         service_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<ServiceSpec>, EngineError>>;
-
-    /// Several services by id in one request, with their task counts: those that exist (any
-    /// order). Lets a burst of events about many services cost one request instead of one
-    /// each. By default one inspect after another, for engines without a cheaper way.
-    fn inspect_services<'a>(
-        &'a self,
-        service_ids: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<ServiceSpec>, EngineError>> {
-        async move {
-            let mut found = Vec::with_capacity(service_ids.len());
-            for id in service_ids {
-                found.extend(self.inspect_service(id).await?);
-            }
-            Ok(found)
-        }
-        .boxed()
-    }
 
     /// Service events and container events, from `since` (inclusive) or from now, live.
     fn events(

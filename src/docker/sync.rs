@@ -55,23 +55,12 @@ struct ListRequest {
     replies: Vec<CommandReply>,
 }
 
-/// How many requests about single services (inspects, or lists filtered by the ids of
-/// several services) may be in flight at once. Events arriving while they are wait, without
-/// a timer, for the first to answer, and are then asked about together in one request: the
-/// engine answers one filtered list of many services about as fast as an inspect of one,
-/// while concurrent requests slow each other down (measured during a burst over 200
-/// services: about 1 ms alone, 3 ms four at a time, 8 ms nine at a time).
-const SERVICE_REQUESTS_IN_FLIGHT: usize = 1;
-
-/// The most services asked about in one request (the ids travel in the request's URL).
-const SERVICES_PER_REQUEST: usize = 100;
-
 /// What a request to the engine answered, with what is needed to put it in its place.
 enum Answer {
-    /// The services `orders` asked about: those the engine still has.
     Inspect {
-        orders: Vec<InspectOrder>,
-        result: Result<Vec<ServiceSpec>, EngineError>,
+        service_id: String,
+        slot: Slot,
+        result: Result<Option<ServiceSpec>, EngineError>,
     },
     List {
         slot: Slot,
@@ -119,11 +108,6 @@ pub struct SyncLoop<E: Engine> {
     /// Inspects and lists in flight.
     requests: FuturesUnordered<BoxFuture<'static, Answer>>,
     lists_in_flight: usize,
-    /// Requests about services in flight (see [`SERVICE_REQUESTS_IN_FLIGHT`]).
-    inspects_in_flight: usize,
-    /// Inspects the apply queue ordered that wait for a request to answer first; sent
-    /// together, in one request.
-    waiting: Vec<InspectOrder>,
     counts: RunningCounts,
     backoff: Backoff,
     /// The last event seen: where the next subscription resumes.
@@ -154,8 +138,6 @@ impl<E: Engine> SyncLoop<E> {
             queue: ApplyQueue::new(),
             requests: FuturesUnordered::new(),
             lists_in_flight: 0,
-            inspects_in_flight: 0,
-            waiting: Vec::new(),
             counts: RunningCounts::new(),
             engine,
             registry,
@@ -237,12 +219,6 @@ impl<E: Engine> SyncLoop<E> {
             EventSubject::ServiceChanged { service_id } => {
                 if let Some(order) = self.queue.changed(&service_id) {
                     self.start_inspect(order);
-                } else if let Some(order) =
-                    self.waiting.iter_mut().find(|o| o.service_id == service_id)
-                {
-                    // Not sent yet, so it will show this event too: it answers in this
-                    // event's place, not before the events in between.
-                    order.slot = self.queue.postpone(&service_id, order.slot);
                 }
             }
             EventSubject::ServiceRemoved { service_id } => {
@@ -250,10 +226,6 @@ impl<E: Engine> SyncLoop<E> {
                     service_id: service_id.clone(),
                 };
                 self.queue.removed(&service_id, step);
-                if let Some(at) = self.waiting.iter().position(|o| o.service_id == service_id) {
-                    let order = self.waiting.remove(at);
-                    self.queue.withdraw(&service_id, order.slot);
-                }
             }
             EventSubject::TaskContainerStarted { service_id } if !replayed => {
                 self.queue.push(Step::Container {
@@ -271,50 +243,24 @@ impl<E: Engine> SyncLoop<E> {
         }
     }
 
-    /// Inspect a service: now if few requests are in flight, else with the next request.
     fn start_inspect(&mut self, order: InspectOrder) {
-        self.waiting.push(order);
-        self.send_waiting(false);
-    }
-
-    /// Send the waiting inspects as one request (more if there are very many): when fewer
-    /// than [`SERVICE_REQUESTS_IN_FLIGHT`] are in flight, or, `now`, in any case (a list is
-    /// about to be issued, and must be folded after every inspect ordered before it).
-    fn send_waiting(&mut self, now: bool) {
-        while !self.waiting.is_empty()
-            && (now || self.inspects_in_flight < SERVICE_REQUESTS_IN_FLIGHT)
-        {
-            let rest = self
-                .waiting
-                .split_off(self.waiting.len().min(SERVICES_PER_REQUEST));
-            let orders = std::mem::replace(&mut self.waiting, rest);
-            self.counters
-                .inspects
-                .fetch_add(orders.len() as u64, Ordering::Relaxed);
-            self.inspects_in_flight += 1;
-            let engine = self.engine.clone();
-            self.requests.push(
-                async move {
-                    let result = match orders.as_slice() {
-                        [one] => engine
-                            .inspect_service(&one.service_id)
-                            .await
-                            .map(|spec| spec.into_iter().collect()),
-                        _ => {
-                            let ids: Vec<String> =
-                                orders.iter().map(|o| o.service_id.clone()).collect();
-                            engine.inspect_services(&ids).await
-                        }
-                    };
-                    Answer::Inspect { orders, result }
+        self.counters.inspects.fetch_add(1, Ordering::Relaxed);
+        let engine = self.engine.clone();
+        let InspectOrder { service_id, slot } = order;
+        self.requests.push(
+            async move {
+                let result = engine.inspect_service(&service_id).await;
+                Answer::Inspect {
+                    service_id,
+                    slot,
+                    result,
                 }
-                .boxed(),
-            );
-        }
+            }
+            .boxed(),
+        );
     }
 
     fn start_list(&mut self, reason: ListReason, replies: Vec<CommandReply>) {
-        self.send_waiting(true);
         let slot = self.queue.list_issued();
         self.lists_in_flight += 1;
         let engine = self.engine.clone();
@@ -339,38 +285,24 @@ impl<E: Engine> SyncLoop<E> {
     /// Put what the engine answered in its place; start a dirty service's trailing inspect.
     fn on_answer(&mut self, answer: Answer) {
         match answer {
-            Answer::Inspect { orders, result } => {
-                self.inspects_in_flight = self.inspects_in_flight.saturating_sub(1);
-                // On failure: reported once, in the first place; the other places are left
-                // empty (the reconnect's list covers them).
-                let (mut answers, mut failure) = match result {
-                    Ok(specs) => (
-                        Some(
-                            specs
-                                .into_iter()
-                                .map(|s| (s.id.clone(), s))
-                                .collect::<HashMap<_, _>>(),
-                        ),
-                        None,
-                    ),
+            Answer::Inspect {
+                service_id,
+                slot,
+                result,
+            } => {
+                let step = match result {
+                    Ok(spec) => Step::Inspected {
+                        service_id: service_id.clone(),
+                        spec,
+                    },
                     Err(e) => {
                         self.on_failure(&e);
-                        (None, Some(e.to_string()))
+                        Step::Failed(e.to_string())
                     }
                 };
-                for InspectOrder { service_id, slot } in orders {
-                    let step = match (&mut answers, failure.take()) {
-                        (Some(answers), _) => Some(Step::Inspected {
-                            spec: answers.remove(&service_id),
-                            service_id: service_id.clone(),
-                        }),
-                        (None, reason) => reason.map(Step::Failed),
-                    };
-                    if let Some(order) = self.queue.inspected(&service_id, slot, step) {
-                        self.waiting.push(order);
-                    }
+                if let Some(order) = self.queue.inspected(&service_id, slot, Some(step)) {
+                    self.start_inspect(order);
                 }
-                self.send_waiting(false);
             }
             Answer::List {
                 slot,

@@ -37,10 +37,7 @@ struct FakeState {
     feeds: VecDeque<mpsc::UnboundedReceiver<Result<EngineEvent, EngineError>>>,
     subscriptions: Vec<Option<EventCursor>>,
     lists: u64,
-    /// Requests about services: single inspects and lists filtered by several ids.
     inspects: u64,
-    /// Of those, the lists filtered by several ids.
-    batches: u64,
     list_delay: Duration,
     /// While set, every inspect answers (what the engine had when it was issued) only when
     /// the test releases it, so answers can complete in any order.
@@ -213,34 +210,6 @@ impl Engine for FakeEngine {
                 rx
             });
             (Ok(s.services.get(id).cloned()), gate)
-        });
-        async move {
-            if let Some(gate) = gate {
-                let _ = gate.await;
-            }
-            answer
-        }
-        .boxed()
-    }
-
-    fn inspect_services<'a>(
-        &'a self,
-        ids: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<ServiceSpec>, EngineError>> {
-        // One request, held (when inspects are) as one, named by its ids joined with commas.
-        let (answer, gate) = self.with(|s| {
-            if !s.up {
-                return (Err(down()), None);
-            }
-            s.inspects += 1;
-            s.batches += 1;
-            let gate = s.hold_inspects.then(|| {
-                let (tx, rx) = oneshot::channel();
-                s.held.push((ids.join(","), tx));
-                rx
-            });
-            let found = ids.iter().filter_map(|id| s.services.get(id).cloned());
-            (Ok(found.collect()), gate)
         });
         async move {
             if let Some(gate) = gate {
@@ -563,11 +532,6 @@ async fn a_change_never_overtakes_an_earlier_one_of_another_service() {
     engine.put("y", "yankee", 1, &[]);
     feed.send(event(2, "y")).unwrap();
     run_for(Duration::from_millis(1)).await;
-    assert_eq!(engine.held(), 1, "y's inspect waits for x's to answer");
-    // A list must come after every inspect ordered before it: y's inspect is sent at once.
-    let control = h.control.clone();
-    let refresh = tokio::spawn(async move { control.refresh().await });
-    run_for(Duration::from_millis(1)).await;
     assert_eq!(engine.release(1).as_deref(), Some("y"));
     run_for(Duration::from_millis(1)).await;
     assert!(
@@ -575,7 +539,6 @@ async fn a_change_never_overtakes_an_earlier_one_of_another_service() {
         "y waits for x"
     );
     assert_eq!(engine.release(0).as_deref(), Some("x"));
-    refresh.await.unwrap().unwrap();
     run_for(Duration::from_millis(1)).await;
     let keys: Vec<String> = service_changes(&mut sub)
         .await
@@ -589,55 +552,6 @@ async fn a_change_never_overtakes_an_earlier_one_of_another_service() {
         })
         .collect();
     assert_eq!(keys, ["service.updated xray", "service.added yankee"]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn services_changed_during_an_inspect_are_asked_about_in_one_request() {
-    let engine = FakeEngine::new();
-    let feed = engine.feed();
-    let h = start(&engine, config());
-    synced(&h).await;
-    let (_, mut sub) = h.registry.subscribe();
-    engine.with(|s| s.hold_inspects = true);
-    for (cursor, id) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
-        engine.put(id, &format!("svc-{id}"), 1, &[]);
-        feed.send(event(cursor, id)).unwrap();
-    }
-    // c is updated and d removed before their request is sent: c's change is reported once,
-    // in the place of its newest event, and d's only as its removal.
-    engine.put("c", "svc-c", 2, &[("autoscaler.max", "7")]);
-    feed.send(event(5, "c")).unwrap();
-    engine.with(|s| s.services.remove("d"));
-    feed.send(removal(6, "d")).unwrap();
-    run_for(Duration::from_millis(1)).await;
-    assert_eq!(engine.with(|s| s.inspects), 1, "only a's inspect is sent");
-    assert_eq!(engine.release(0).as_deref(), Some("a"));
-    run_for(Duration::from_millis(1)).await;
-    assert_eq!(engine.with(|s| (s.inspects, s.batches)), (2, 1));
-    assert_eq!(engine.release(0).as_deref(), Some("b,c"));
-    run_for(Duration::from_millis(1)).await;
-    assert_eq!(engine.held(), 0, "nothing more to ask");
-    let keys: Vec<String> = service_changes(&mut sub)
-        .await
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                c.routing_key(),
-                c.kind.service_name().unwrap_or("")
-            )
-        })
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            "service.added svc-a",
-            "service.added svc-b",
-            "service.added svc-c"
-        ]
-    );
-    assert_eq!(h.registry.load().services["svc-c"].entry.max_replicas, 7);
-    assert!(!h.registry.load().services.contains_key("svc-d"));
 }
 
 #[tokio::test(start_paused = true)]
