@@ -30,10 +30,15 @@ use bollard::models::{
 };
 use bollard::query_parameters::{EventsOptions, UpdateServiceOptions};
 use bollard::Docker;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use pipeline::{ChangeKind, Registry, RegistryConfig, Update};
 use swarm_registry::control::SourceControl;
-use swarm_registry::docker::SwarmConfig;
+use swarm_registry::docker::engine::{
+    EngineEvent, EngineIdentity, EventCursor, RunningTask, StatsReading,
+};
+use swarm_registry::docker::{BollardEngine, Engine, EngineError, SwarmConfig};
 use swarm_registry::telemetry::SourceCounters;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +89,116 @@ impl Sightings {
     }
 }
 
+/// When the source's own event stream handed it each service's events, and when each of
+/// its requests about services started and answered: where an operation's extra delay goes.
+#[derive(Default)]
+struct Timeline {
+    /// By service id: every time the source's stream yielded an event about it.
+    events: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Every inspect or filtered list: the ids it asked about, its start and its answer.
+    requests: Mutex<Vec<(Vec<String>, Instant, Instant)>>,
+}
+
+impl Timeline {
+    fn request(&self, ids: Vec<String>, started: Instant) {
+        self.requests
+            .lock()
+            .unwrap()
+            .push((ids, started, Instant::now()));
+    }
+
+    /// The source's first sighting of an event about `id` at or after `sent`, and the first
+    /// request about `id` started at or after it (its start and answer).
+    fn phases(&self, id: &str, sent: Instant) -> (Option<Instant>, Option<(Instant, Instant)>) {
+        let seen = self
+            .events
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(|all| all.iter().copied().find(|at| *at >= sent));
+        let request = seen.and_then(|seen| {
+            self.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(ids, start, _)| *start >= seen && ids.iter().any(|i| i == id))
+                .map(|(_, start, end)| (*start, *end))
+                .min()
+        });
+        (seen, request)
+    }
+}
+
+/// The real engine, with every service request and event timed into a [`Timeline`].
+struct TimedEngine {
+    inner: BollardEngine,
+    timeline: Arc<Timeline>,
+}
+
+impl Engine for TimedEngine {
+    fn address(&self) -> &str {
+        self.inner.address()
+    }
+
+    fn identify(&self) -> BoxFuture<'_, Result<EngineIdentity, EngineError>> {
+        self.inner.identify()
+    }
+
+    fn list_services(&self) -> BoxFuture<'_, Result<Vec<pipeline::ServiceSpec>, EngineError>> {
+        self.inner.list_services()
+    }
+
+    fn inspect_service<'a>(
+        &'a self,
+        service_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<pipeline::ServiceSpec>, EngineError>> {
+        async move {
+            let started = Instant::now();
+            let answer = self.inner.inspect_service(service_id).await;
+            self.timeline.request(vec![service_id.to_owned()], started);
+            answer
+        }
+        .boxed()
+    }
+
+    fn events(
+        &self,
+        since: Option<EventCursor>,
+    ) -> BoxStream<'static, Result<EngineEvent, EngineError>> {
+        let timeline = self.timeline.clone();
+        self.inner
+            .events(since)
+            .inspect(move |item| {
+                if let Ok(event) = item {
+                    if let Some(id) = event.subject.service_id() {
+                        timeline
+                            .events
+                            .lock()
+                            .unwrap()
+                            .entry(id.to_owned())
+                            .or_default()
+                            .push(Instant::now());
+                    }
+                }
+            })
+            .boxed()
+    }
+
+    fn running_tasks<'a>(
+        &'a self,
+        service_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<RunningTask>, EngineError>> {
+        self.inner.running_tasks(service_id)
+    }
+
+    fn container_stats<'a>(
+        &'a self,
+        container_id: &'a str,
+    ) -> BoxFuture<'a, Result<StatsReading, EngineError>> {
+        self.inner.container_stats(container_id)
+    }
+}
+
 fn spec(name: &str, run: &str, max: u64) -> ServiceSpec {
     ServiceSpec {
         name: Some(name.to_owned()),
@@ -114,6 +229,7 @@ struct Bench {
     run: String,
     sightings: Arc<Sightings>,
     counters: Arc<SourceCounters>,
+    timeline: Arc<Timeline>,
 }
 
 /// The extra delays (ms) of one pattern, by operation, and the inspects it cost.
@@ -124,7 +240,19 @@ struct Figures {
     remove: Vec<f64>,
     operations: u64,
     inspects: u64,
+    /// Requests about services (inspects).
+    requests: u64,
+    /// By operation (create, update): where each extra delay went ([`Bench::phases`]).
+    phases: Vec<(&'static str, [f64; 4])>,
 }
+
+/// The names of [`Bench::phases`]' four parts.
+const PHASES: [&str; 4] = [
+    "stream (source's event after docker's)",
+    "pickup (request start after event)",
+    "request (engine answer time)",
+    "apply (change after answer: queue wait + fold)",
+];
 
 fn extra_ms(docker_at: Instant, registry_at: Instant) -> f64 {
     if registry_at >= docker_at {
@@ -171,14 +299,43 @@ impl Bench {
         extra_ms(d, r)
     }
 
+    /// Where the extra delay of `what` (about `id`, sent at `sent`) went: the source's stream
+    /// delivering the event after Docker's delivery to the plain subscription, the loop
+    /// starting the request, the engine answering, and the wait from the answer to the
+    /// change (the queue holding it for earlier events, and the fold). `None` when the
+    /// source answered from elsewhere (a list).
+    fn phases(&self, what: &Seen, id: &str, sent: Instant) -> Option<[f64; 4]> {
+        let docker_at = self
+            .sightings
+            .docker
+            .lock()
+            .unwrap()
+            .get(what)
+            .and_then(|all| all.iter().copied().find(|at| *at >= sent))?;
+        let registry_at = self.sightings.registry.lock().unwrap().get(what).copied()?;
+        let (seen, request) = self.timeline.phases(id, sent);
+        let (start, end) = request?;
+        let seen = seen?;
+        Some([
+            extra_ms(docker_at, seen),
+            extra_ms(seen, start),
+            extra_ms(start, end),
+            extra_ms(end, registry_at),
+        ])
+    }
+
     fn inspects(&self) -> u64 {
         self.counters.inspects.load(Ordering::Relaxed)
+    }
+
+    fn requests(&self) -> u64 {
+        self.timeline.requests.lock().unwrap().len() as u64
     }
 
     /// Every operation meets a service quiet since its previous one.
     async fn quiet(&self, round: usize, n: usize) -> Figures {
         let mut f = Figures::default();
-        let before = self.inspects();
+        let (before, requests_before) = (self.inspects(), self.requests());
         let names: Vec<String> = (0..n)
             .map(|i| format!("bench-{}-q{round}-{i:03}", self.run))
             .collect();
@@ -207,13 +364,14 @@ impl Bench {
         }
         f.operations = 3 * n as u64;
         f.inspects = self.inspects() - before;
+        f.requests = self.requests() - requests_before;
         f
     }
 
     /// Create, update as soon as the creation is visible, remove as soon as the update is.
     async fn back_to_back(&self, round: usize, n: usize) -> Figures {
         let mut f = Figures::default();
-        let before = self.inspects();
+        let (before, requests_before) = (self.inspects(), self.requests());
         for i in 0..n {
             let name = format!("bench-{}-b{round}-{i:03}", self.run);
             let sent = Instant::now();
@@ -232,13 +390,14 @@ impl Bench {
         }
         f.operations = 3 * n as u64;
         f.inspects = self.inspects() - before;
+        f.requests = self.requests() - requests_before;
         f
     }
 
     /// All services at once, 16 requests in flight, for each operation in turn.
     async fn burst(&self, round: usize, n: usize) -> Figures {
         let mut f = Figures::default();
-        let before = self.inspects();
+        let (before, requests_before) = (self.inspects(), self.requests());
         let names: Vec<String> = (0..n)
             .map(|i| format!("bench-{}-u{round}-{i:03}", self.run))
             .collect();
@@ -249,16 +408,22 @@ impl Bench {
             .collect()
             .await;
         for id in &ids {
-            f.create
-                .push(self.extra(Seen::Created(id.clone()), sent).await);
+            let what = Seen::Created(id.clone());
+            f.create.push(self.extra(what.clone(), sent).await);
+            if let Some(p) = self.phases(&what, id, sent) {
+                f.phases.push(("create", p));
+            }
         }
         let sent = Instant::now();
         futures::stream::iter(ids.iter().zip(&names))
             .for_each_concurrent(16, |(id, name)| self.update(id, name, 3))
             .await;
         for id in &ids {
-            f.update
-                .push(self.extra(Seen::Updated(id.clone(), 3), sent).await);
+            let what = Seen::Updated(id.clone(), 3);
+            f.update.push(self.extra(what.clone(), sent).await);
+            if let Some(p) = self.phases(&what, id, sent) {
+                f.phases.push(("update", p));
+            }
         }
         let sent = Instant::now();
         futures::stream::iter(&ids)
@@ -270,6 +435,7 @@ impl Bench {
         }
         f.operations = 3 * n as u64;
         f.inspects = self.inspects() - before;
+        f.requests = self.requests() - requests_before;
         f
     }
 }
@@ -296,11 +462,32 @@ fn report(pattern: &str, round: usize, f: &Figures) -> Vec<(String, f64, f64)> {
         );
         rows.push((format!("{pattern} {op}"), p50, p99));
     }
+    for op in ["create", "update"] {
+        let of_op: Vec<[f64; 4]> = f
+            .phases
+            .iter()
+            .filter(|(o, _)| *o == op)
+            .map(|(_, p)| *p)
+            .collect();
+        if of_op.is_empty() {
+            continue;
+        }
+        for (i, name) in PHASES.iter().enumerate() {
+            let values: Vec<f64> = of_op.iter().map(|p| p[i]).collect();
+            println!(
+                "round {round} {pattern:<13} {op:<7}   {name:<48} p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms",
+                percentile(&values, 0.5),
+                percentile(&values, 0.99),
+                percentile(&values, 1.0)
+            );
+        }
+    }
     println!(
-        "round {round} {pattern:<13} inspects {} for {} operations ({:.2} per operation)",
+        "round {round} {pattern:<13} services inspected {} in {} requests for {} operations ({:.2} requests per operation)",
         f.inspects,
+        f.requests,
         f.operations,
-        f.inspects as f64 / f.operations as f64
+        f.requests as f64 / f.operations as f64
     );
     rows
 }
@@ -368,8 +555,16 @@ async fn main() {
     let (_control, commands) = SourceControl::channel(4);
     let shutdown = CancellationToken::new();
     let counters = Arc::new(SourceCounters::default());
-    tokio::spawn(swarm_registry::docker::run(
-        SwarmConfig::default(),
+    let config = SwarmConfig::default();
+    let timeline = Arc::new(Timeline::default());
+    let engine = TimedEngine {
+        inner: BollardEngine::connect(&config.docker_url, config.request_timeout)
+            .expect("docker client"),
+        timeline: timeline.clone(),
+    };
+    tokio::spawn(swarm_registry::docker::run_with_engine(
+        Arc::new(engine),
+        config,
         registry.clone(),
         commands,
         counters.clone(),
@@ -411,6 +606,7 @@ async fn main() {
         run: run.clone(),
         sightings,
         counters: counters.clone(),
+        timeline: timeline.clone(),
     };
     println!(
         "run {run}: {rounds} rounds; quiet and back-to-back over {services} services, burst over {burst}"
