@@ -182,9 +182,7 @@ impl Scrape {
                 continue;
             }
             let labels = [("route", *route)];
-            histogram
-                .histogram()
-                .encode(durations.encode_family(&labels)?)?;
+            histogram.encode(durations.encode_family(&labels)?)?;
         }
         gauge(
             e,
@@ -348,7 +346,7 @@ impl Scrape {
 
     fn encode_streams(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let http = &self.http;
-        let delivery = http.delivery.histogram();
+        let delivery = &http.delivery;
         delivery.encode(e.encode_descriptor(
             "change_delivery_seconds",
             "Time from observing a change to handing its event to a subscriber's connection.",
@@ -490,6 +488,12 @@ mod tests {
             "{out}"
         );
         assert!(out.contains(&format!("{x}_count 3\n")), "{out}");
+        assert!(out.contains(&format!("{x}_sum 60.0035\n")), "{out}");
+        let buckets = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{x}_bucket")))
+            .count();
+        assert_eq!(buckets, 13, "twelve bounds and +Inf, nothing else:\n{out}");
     }
 
     /// Every family scrapers see, with its type: the names are an interface (dashboards,

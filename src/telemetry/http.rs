@@ -1,12 +1,15 @@
 //! What the HTTP edge measures about itself. Counters and gauges are plain atomics in fixed
 //! arrays, so recording a request costs no lookup, and the label sets are bounded (routes, not
-//! paths; a fixed list of statuses). Durations go into `prometheus-client` histograms, one per
-//! route, whose observation holds that histogram's own lock for a few instructions.
+//! paths; a fixed list of statuses). Durations go into histograms of atomic buckets, one per
+//! route: an observation is a few relaxed atomic adds and takes no lock, so the server's
+//! threads never queue on a route's histogram (the crate's own histogram locks on every
+//! observation); `prometheus-client` encodes them like its own.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 use crate::http::route::ROUTE_LABELS;
 
@@ -31,21 +34,60 @@ const DELIVERY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// A histogram of durations, exposed in seconds.
-#[derive(Debug, Clone)]
-pub struct SecondsHistogram(Histogram);
+/// A histogram of durations, exposed in seconds: one atomic count per bucket (the last one
+/// above every bound) and the sum of the observations in nanoseconds.
+#[derive(Debug)]
+pub struct SecondsHistogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
 
 impl SecondsHistogram {
-    fn new(bounds: &[f64]) -> Self {
-        SecondsHistogram(Histogram::new(bounds.iter().copied()))
+    fn new(bounds: &'static [f64]) -> Self {
+        SecondsHistogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
     }
 
     pub fn observe(&self, value: Duration) {
-        self.0.observe(value.as_secs_f64());
+        let seconds = value.as_secs_f64();
+        let slot = self
+            .bounds
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.bounds.len());
+        if let Some(bucket) = self.buckets.get(slot) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for SecondsHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // Each bucket's own count; the encoder writes them cumulatively and adds the +Inf
+        // bucket from the total, which includes the observations above every bound.
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, count)| (*bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = self
+            .buckets
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
-    pub(super) fn histogram(&self) -> &Histogram {
-        &self.0
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
