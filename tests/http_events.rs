@@ -576,3 +576,85 @@ async fn the_first_block_is_an_event_that_carries_the_retry_field() {
     }
     server.stop().await.unwrap();
 }
+
+/// The value of an unlabelled counter or gauge in the /metrics text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_counted() {
+    let mut options = Options::default();
+    options.config = HttpConfig {
+        write_timeout: Duration::from_secs(1),
+        ..options.config
+    };
+    let server = TestServer::start(options).await;
+    let mut specs: Vec<_> = (0..200).map(|i| spec(&format!("svc-{i:03}"))).collect();
+    server.list(specs.clone()).await;
+
+    // A raw HTTP/1.1 client with a small receive buffer that reads the snapshot, then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(server.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /events/stream?events=* HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut stuck, b"event: snapshot").await;
+
+    let client = server.client(Protocol::H2c);
+    let mut reader = client
+        .events("/events/stream?events=service.updated", &[])
+        .await;
+    reader.next().await.unwrap();
+
+    // Each round's services.updated carries all 200 entries: the stuck socket's buffers fill
+    // within a few rounds. The reading client gets every change meanwhile.
+    let mut round = 0u64;
+    loop {
+        let i = (round % 200) as usize;
+        let name = format!("svc-{i:03}");
+        specs[i] = spec_with(&name, 3 + round, 2 + round);
+        server.list(specs.clone()).await;
+        let update = reader.next().await.unwrap();
+        assert_eq!(update.json()["service"]["name"], name);
+        assert_eq!(update.json()["service"]["current_replicas"], 3 + round);
+        round += 1;
+        let text = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
+        if metric(&text, "swarm_registry_http_write_timeouts_total") >= 1 {
+            break;
+        }
+        assert!(
+            round < 500,
+            "the stuck client was never dropped for its write timeout: {text}"
+        );
+        // Give the stalled write its second to expire (the assert above bounds the wait).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The server closed the stuck connection: reading what it had buffered ends in EOF
+    // (or a reset), not in more events.
+    tokio::time::timeout(DEADLINE, async {
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match stuck.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the server closes the stuck connection");
+
+    // The reading client is untouched.
+    specs[0] = spec_with("svc-000", 9999, 9999);
+    server.list(specs.clone()).await;
+    let update = reader.next().await.unwrap();
+    assert_eq!(update.json()["service"]["current_replicas"], 9999);
+    server.stop().await.unwrap();
+}
