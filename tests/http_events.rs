@@ -658,3 +658,119 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_coun
     assert_eq!(update.json()["service"]["current_replicas"], 9999);
     server.stop().await.unwrap();
 }
+
+/// An event stream read with the h2 crate, giving back flow-control window for what it reads.
+struct H2Events {
+    body: h2::RecvStream,
+    text: String,
+}
+
+impl H2Events {
+    /// The next `service.updated` event's body.
+    async fn next_update(&mut self) -> serde_json::Value {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                while let Some(end) = self.text.find("\n\n") {
+                    let block: String = self.text.drain(..end + 2).collect();
+                    if block.lines().any(|l| l == "event: service.updated") {
+                        let data = block
+                            .lines()
+                            .find_map(|l| l.strip_prefix("data: "))
+                            .unwrap();
+                        return serde_json::from_str(data).unwrap();
+                    }
+                }
+                let data = self
+                    .body
+                    .data()
+                    .await
+                    .expect("the stream to stay open")
+                    .unwrap();
+                self.body
+                    .flow_control()
+                    .release_capacity(data.len())
+                    .unwrap();
+                self.text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        })
+        .await
+        .expect("a service.updated event within the deadline")
+    }
+}
+
+async fn open_h2_stream(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> h2::RecvStream {
+    let request = http::Request::builder()
+        .uri(format!("http://test{path}"))
+        .body(())
+        .unwrap();
+    let mut ready = tokio::time::timeout(DEADLINE, client.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let (response, _) = ready.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    *client = ready;
+    response.into_body()
+}
+
+#[tokio::test]
+async fn a_stuck_http2_stream_does_not_delay_the_others_on_its_connection() {
+    let server = TestServer::with_defaults().await;
+    // Every services.updated (and the snapshot) carries all 200 entries, more than one stream's
+    // 64 KiB window: the stuck stream's window is full at once.
+    let mut specs: Vec<_> = (0..200).map(|i| spec(&format!("svc-{i:03}"))).collect();
+    server.list(specs.clone()).await;
+
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The connection's window is far larger than a stream's, so what the stuck stream holds
+    // unread does not close the connection to the others: only the server's scheduling can.
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(65_535)
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+
+    let mut stuck = open_h2_stream(&mut client, "/events/stream?events=*").await;
+    let mut healthy = Vec::new();
+    for _ in 0..3 {
+        let body = open_h2_stream(&mut client, "/events/stream?events=*").await;
+        healthy.push(H2Events {
+            body,
+            text: String::new(),
+        });
+    }
+
+    for round in 0..60u64 {
+        let i = (round % 200) as usize;
+        let name = format!("svc-{i:03}");
+        specs[i] = spec_with(&name, 3 + round, 2 + round);
+        server.list(specs.clone()).await;
+        for stream in &mut healthy {
+            let update = stream.next_update().await;
+            assert_eq!(update["service"]["name"], name);
+            assert_eq!(update["service"]["current_replicas"], 3 + round);
+        }
+    }
+
+    // The stuck stream got one window's worth and no more: it was full all along.
+    let mut held = 0;
+    while let Some(Some(data)) = futures::FutureExt::now_or_never(stuck.data()) {
+        held += data.unwrap().len();
+    }
+    assert!(
+        held > 0 && held <= 65_535,
+        "the stuck stream holds {held} bytes"
+    );
+    // Hang up (a stuck stream would hold the graceful shutdown for its whole grace period).
+    connection.abort();
+    server.stop().await.unwrap();
+}
