@@ -774,3 +774,46 @@ async fn a_stuck_http2_stream_does_not_delay_the_others_on_its_connection() {
     connection.abort();
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_thousand_subscribers_each_on_its_own_connection_all_get_every_change() {
+    const SUBSCRIBERS: usize = 1000;
+    // Each subscriber costs two descriptors here (the client's socket and the server's).
+    let limit = rlimit::increase_nofile_limit(4 * SUBSCRIBERS as u64).unwrap();
+    assert!(
+        limit >= 2 * SUBSCRIBERS as u64 + 100,
+        "the open-file limit ({limit}) is too low for this test"
+    );
+    let server = TestServer::with_defaults().await;
+    server.list(vec![spec("web")]).await;
+    // HTTP/1.1 carries one response at a time, so every open stream has its own connection.
+    let client = server.client(Protocol::Http1);
+    let mut streams = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let mut stream = client.events("/events/stream", &[]).await;
+        assert_eq!(stream.next().await.unwrap().event, "snapshot");
+        streams.push(stream);
+    }
+    let text = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
+    assert_eq!(
+        metric(&text, "swarm_registry_sse_subscribers"),
+        SUBSCRIBERS as u64
+    );
+    assert!(metric(&text, "swarm_registry_http_connections") > SUBSCRIBERS as u64);
+
+    let mut specs = vec![spec("web")];
+    let names: Vec<String> = (0..3).map(|i| format!("api-{i}")).collect();
+    for name in &names {
+        specs.push(spec(name));
+        server.list(specs.clone()).await;
+    }
+    for stream in &mut streams {
+        for name in &names {
+            let added = stream.next().await.unwrap();
+            assert_eq!(added.event, "service.added");
+            assert_eq!(added.json()["service"]["name"], *name);
+        }
+    }
+    drop(streams);
+    server.stop().await.unwrap();
+}
