@@ -576,3 +576,244 @@ async fn the_first_block_is_an_event_that_carries_the_retry_field() {
     }
     server.stop().await.unwrap();
 }
+
+/// The value of an unlabelled counter or gauge in the /metrics text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout_and_counted() {
+    let mut options = Options::default();
+    options.config = HttpConfig {
+        write_timeout: Duration::from_secs(1),
+        ..options.config
+    };
+    let server = TestServer::start(options).await;
+    let mut specs: Vec<_> = (0..200).map(|i| spec(&format!("svc-{i:03}"))).collect();
+    server.list(specs.clone()).await;
+
+    // A raw HTTP/1.1 client with a small receive buffer that reads the snapshot, then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(server.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /events/stream?events=* HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut stuck, b"event: snapshot").await;
+
+    let client = server.client(Protocol::H2c);
+    let mut reader = client
+        .events("/events/stream?events=service.updated", &[])
+        .await;
+    reader.next().await.unwrap();
+
+    // Each round's services.updated carries all 200 entries: the stuck socket's buffers fill
+    // within a few rounds. The reading client gets every change meanwhile.
+    let mut round = 0u64;
+    loop {
+        let i = (round % 200) as usize;
+        let name = format!("svc-{i:03}");
+        specs[i] = spec_with(&name, 3 + round, 2 + round);
+        server.list(specs.clone()).await;
+        let update = reader.next().await.unwrap();
+        assert_eq!(update.json()["service"]["name"], name);
+        assert_eq!(update.json()["service"]["current_replicas"], 3 + round);
+        round += 1;
+        let text = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
+        if metric(&text, "swarm_registry_http_write_timeouts_total") >= 1 {
+            break;
+        }
+        assert!(
+            round < 500,
+            "the stuck client was never dropped for its write timeout: {text}"
+        );
+        // Give the stalled write its second to expire (the assert above bounds the wait).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The server closed the stuck connection: reading what it had buffered ends in EOF
+    // (or a reset), not in more events.
+    tokio::time::timeout(DEADLINE, async {
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            match stuck.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the server closes the stuck connection");
+
+    // The reading client is untouched.
+    specs[0] = spec_with("svc-000", 9999, 9999);
+    server.list(specs.clone()).await;
+    let update = reader.next().await.unwrap();
+    assert_eq!(update.json()["service"]["current_replicas"], 9999);
+    server.stop().await.unwrap();
+}
+
+/// An event stream read with the h2 crate, giving back flow-control window for what it reads.
+struct H2Events {
+    body: h2::RecvStream,
+    text: String,
+}
+
+impl H2Events {
+    /// The next `service.updated` event's body.
+    async fn next_update(&mut self) -> serde_json::Value {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                while let Some(end) = self.text.find("\n\n") {
+                    let block: String = self.text.drain(..end + 2).collect();
+                    if block.lines().any(|l| l == "event: service.updated") {
+                        let data = block
+                            .lines()
+                            .find_map(|l| l.strip_prefix("data: "))
+                            .unwrap();
+                        return serde_json::from_str(data).unwrap();
+                    }
+                }
+                let data = self
+                    .body
+                    .data()
+                    .await
+                    .expect("the stream to stay open")
+                    .unwrap();
+                self.body
+                    .flow_control()
+                    .release_capacity(data.len())
+                    .unwrap();
+                self.text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        })
+        .await
+        .expect("a service.updated event within the deadline")
+    }
+}
+
+async fn open_h2_stream(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> h2::RecvStream {
+    let request = http::Request::builder()
+        .uri(format!("http://test{path}"))
+        .body(())
+        .unwrap();
+    let mut ready = tokio::time::timeout(DEADLINE, client.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let (response, _) = ready.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    *client = ready;
+    response.into_body()
+}
+
+#[tokio::test]
+async fn a_stuck_http2_stream_does_not_delay_the_others_on_its_connection() {
+    let server = TestServer::with_defaults().await;
+    // Every services.updated (and the snapshot) carries all 200 entries, more than one stream's
+    // 64 KiB window: the stuck stream's window is full at once.
+    let mut specs: Vec<_> = (0..200).map(|i| spec(&format!("svc-{i:03}"))).collect();
+    server.list(specs.clone()).await;
+
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The connection's window is far larger than a stream's, so what the stuck stream holds
+    // unread does not close the connection to the others: only the server's scheduling can.
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(65_535)
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+
+    let mut stuck = open_h2_stream(&mut client, "/events/stream?events=*").await;
+    let mut healthy = Vec::new();
+    for _ in 0..3 {
+        let body = open_h2_stream(&mut client, "/events/stream?events=*").await;
+        healthy.push(H2Events {
+            body,
+            text: String::new(),
+        });
+    }
+
+    for round in 0..60u64 {
+        let i = (round % 200) as usize;
+        let name = format!("svc-{i:03}");
+        specs[i] = spec_with(&name, 3 + round, 2 + round);
+        server.list(specs.clone()).await;
+        for stream in &mut healthy {
+            let update = stream.next_update().await;
+            assert_eq!(update["service"]["name"], name);
+            assert_eq!(update["service"]["current_replicas"], 3 + round);
+        }
+    }
+
+    // The stuck stream got one window's worth and no more: it was full all along.
+    let mut held = 0;
+    while let Some(Some(data)) = futures::FutureExt::now_or_never(stuck.data()) {
+        held += data.unwrap().len();
+    }
+    assert!(
+        held > 0 && held <= 65_535,
+        "the stuck stream holds {held} bytes"
+    );
+    // Hang up (a stuck stream would hold the graceful shutdown for its whole grace period).
+    connection.abort();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_thousand_subscribers_each_on_its_own_connection_all_get_every_change() {
+    const SUBSCRIBERS: usize = 1000;
+    // Each subscriber costs two descriptors here (the client's socket and the server's).
+    let limit = rlimit::increase_nofile_limit(4 * SUBSCRIBERS as u64).unwrap();
+    assert!(
+        limit >= 2 * SUBSCRIBERS as u64 + 100,
+        "the open-file limit ({limit}) is too low for this test"
+    );
+    let server = TestServer::with_defaults().await;
+    server.list(vec![spec("web")]).await;
+    // HTTP/1.1 carries one response at a time, so every open stream has its own connection.
+    let client = server.client(Protocol::Http1);
+    let mut streams = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let mut stream = client.events("/events/stream", &[]).await;
+        assert_eq!(stream.next().await.unwrap().event, "snapshot");
+        streams.push(stream);
+    }
+    let text = String::from_utf8(client.get("/metrics").await.body.to_vec()).unwrap();
+    assert_eq!(
+        metric(&text, "swarm_registry_sse_subscribers"),
+        SUBSCRIBERS as u64
+    );
+    assert!(metric(&text, "swarm_registry_http_connections") > SUBSCRIBERS as u64);
+
+    let mut specs = vec![spec("web")];
+    let names: Vec<String> = (0..3).map(|i| format!("api-{i}")).collect();
+    for name in &names {
+        specs.push(spec(name));
+        server.list(specs.clone()).await;
+    }
+    for stream in &mut streams {
+        for name in &names {
+            let added = stream.next().await.unwrap();
+            assert_eq!(added.event, "service.added");
+            assert_eq!(added.json()["service"]["name"], *name);
+        }
+    }
+    drop(streams);
+    server.stop().await.unwrap();
+}

@@ -159,3 +159,89 @@ async fn unusable_tls_files_are_reported_by_name() {
     );
     server.stop().await.unwrap();
 }
+
+/// Read an event-stream body until `needle` appears in it.
+async fn read_body_until(body: &mut hyper::body::Incoming, text: &mut String, needle: &str) {
+    tokio::time::timeout(DEADLINE, async {
+        while !text.contains(needle) {
+            let frame = body
+                .frame()
+                .await
+                .expect("the stream to stay open")
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(std::str::from_utf8(&data).unwrap());
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{needle:?} within the deadline; got {text:?}"));
+}
+
+#[tokio::test]
+async fn event_streams_work_over_tls_with_either_protocol() {
+    let dir = std::env::temp_dir().join(format!("swarm-registry-tls-sse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = make_certificate(&dir);
+    let mut options = Options::default();
+    options.config = HttpConfig {
+        tls: Some(files.clone()),
+        ..options.config
+    };
+    let server = TestServer::start(options).await;
+    server.list(vec![spec("web")]).await;
+
+    let mut services = vec![spec("web")];
+    for (alpn, expected) in [
+        (&b"h2"[..], http::Version::HTTP_2),
+        (&b"http/1.1"[..], http::Version::HTTP_11),
+    ] {
+        let connector = connector(&files.cert, alpn);
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let tls = tokio::time::timeout(
+            DEADLINE,
+            connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let request = http::Request::builder()
+            .uri("https://localhost/events/stream")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = if expected == http::Version::HTTP_2 {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            sender.send_request(request).await.unwrap()
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            sender.send_request(request).await.unwrap()
+        };
+        assert_eq!(response.version(), expected);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers().get("content-type").unwrap(),
+            "text/event-stream"
+        );
+        let mut body = response.into_body();
+        let mut text = String::new();
+        read_body_until(&mut body, &mut text, "event: snapshot").await;
+        read_body_until(&mut body, &mut text, "\"name\":\"web\"").await;
+
+        // A change made now arrives on the open stream.
+        let name = format!("api-{}", services.len());
+        services.push(spec(&name));
+        server.list(services.clone()).await;
+        read_body_until(&mut body, &mut text, "event: service.added").await;
+        read_body_until(&mut body, &mut text, &format!("\"name\":\"{name}\"")).await;
+    }
+    server.stop().await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}

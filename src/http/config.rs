@@ -60,6 +60,9 @@ pub struct HttpConfig {
     pub http2_max_streams: u32,
     /// HTTP2_KEEPALIVE_SEC: the HTTP/2 ping interval that detects dead peers.
     pub http2_keepalive: Duration,
+    /// WRITE_TIMEOUT_SEC: how long a write to a client may make no progress before the
+    /// connection is dropped (a client that stopped reading its event stream).
+    pub write_timeout: Duration,
     /// COMMAND_TIMEOUT_SEC: how long POST commands wait for the engine.
     pub command_timeout: Duration,
     /// SHUTDOWN_GRACE_SEC: how long in-flight requests may take after a shutdown signal
@@ -137,6 +140,11 @@ pub const HEADER_READ_TIMEOUT_SEC: Setting = Setting::new(
     "10",
     "deadline for a request head, and again for its body (408)",
 );
+pub const WRITE_TIMEOUT_SEC: Setting = Setting::new(
+    "WRITE_TIMEOUT_SEC",
+    "30",
+    "a connection whose client reads nothing for this long while a write waits is dropped",
+);
 pub const COMMAND_TIMEOUT_SEC: Setting = Setting::new(
     "COMMAND_TIMEOUT_SEC",
     "30",
@@ -174,6 +182,7 @@ pub const SETTINGS: &[Setting] = &[
     MAX_HEADER_BYTES,
     MAX_BODY_BYTES,
     HEADER_READ_TIMEOUT_SEC,
+    WRITE_TIMEOUT_SEC,
     COMMAND_TIMEOUT_SEC,
     SHUTDOWN_GRACE_SEC,
     HTTP2_MAX_STREAMS,
@@ -203,6 +212,7 @@ impl Default for HttpConfig {
             max_body_bytes: const { MAX_BODY_BYTES.default_number() },
             http2_max_streams: const { HTTP2_MAX_STREAMS.default_number() } as u32,
             http2_keepalive: Duration::from_secs(const { HTTP2_KEEPALIVE_SEC.default_number() }),
+            write_timeout: Duration::from_secs(const { WRITE_TIMEOUT_SEC.default_number() }),
             command_timeout: Duration::from_secs(const { COMMAND_TIMEOUT_SEC.default_number() }),
             shutdown_grace: Duration::from_secs(const { SHUTDOWN_GRACE_SEC.default_number() }),
             cors_allowed_origins: None,
@@ -290,6 +300,7 @@ impl HttpConfig {
             max_body_bytes: checks.take(vars.number(&MAX_BODY_BYTES, 0)),
             http2_max_streams,
             http2_keepalive: checks.take(vars.seconds(&HTTP2_KEEPALIVE_SEC)),
+            write_timeout: checks.take(vars.seconds(&WRITE_TIMEOUT_SEC)),
             command_timeout: checks.take(vars.seconds(&COMMAND_TIMEOUT_SEC)),
             shutdown_grace: checks.take(vars.seconds(&SHUTDOWN_GRACE_SEC)),
             cors_allowed_origins: vars.get(CORS_ALLOWED_ORIGINS.name).and_then(|value| {
@@ -389,6 +400,7 @@ mod tests {
         for name in [
             "SSE_HEARTBEAT_SEC",
             "HEADER_READ_TIMEOUT_SEC",
+            "WRITE_TIMEOUT_SEC",
             "HTTP2_KEEPALIVE_SEC",
             "COMMAND_TIMEOUT_SEC",
             "SHUTDOWN_GRACE_SEC",

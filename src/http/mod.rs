@@ -41,6 +41,7 @@ pub mod server;
 pub mod sse;
 pub mod tls;
 pub mod ui;
+pub mod write_deadline;
 
 pub use config::{HttpConfig, TlsFiles};
 pub use server::serve;

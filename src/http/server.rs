@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::HttpConfig;
 use super::handler::Api;
+use super::write_deadline::WriteDeadline;
 use super::{tls, ApiState, HttpError};
 use crate::telemetry::HttpMetrics;
 
@@ -115,6 +116,7 @@ pub async fn serve(
         let builder = builder.clone();
         let tls = tls.clone();
         let handshake_timeout = config.header_read_timeout;
+        let write_timeout = config.write_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenConnection::new(api.metrics().clone());
@@ -128,6 +130,8 @@ pub async fn serve(
                 tracing::debug!("closing a connection that sent nothing");
                 return;
             }
+            // Below TLS, so a handshake to a client that reads nothing is bounded too.
+            let stream = WriteDeadline::new(stream, write_timeout, api.metrics().clone());
             match tls {
                 None => serve_io(TokioIo::new(stream), &builder, api, watcher).await,
                 Some(acceptor) => match handshake(&acceptor, stream, handshake_timeout).await {

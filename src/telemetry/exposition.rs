@@ -195,6 +195,12 @@ impl Scrape {
             "http_connections",
             "Client connections accepted.",
             load(&http.connections_total),
+        )?;
+        counter(
+            e,
+            "http_write_timeouts",
+            "Connections dropped because the client read nothing for WRITE_TIMEOUT_SEC.",
+            load(&http.write_timeouts),
         )
     }
 
@@ -517,6 +523,7 @@ mod tests {
             "http_request_duration_seconds histogram",
             "http_connections gauge",
             "http_connections_total counter",
+            "http_write_timeouts_total counter",
             "revision gauge",
             "services_revision gauge",
             "services gauge",

@@ -101,6 +101,9 @@ pub struct HttpMetrics {
     pub delivery: SecondsHistogram,
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Connections dropped because a write made no progress for WRITE_TIMEOUT_SEC (a client
+    /// that stopped reading).
+    pub write_timeouts: AtomicU64,
     pub sse_subscribers: AtomicI64,
     pub sse_lagged: AtomicU64,
     pub sse_events: AtomicU64,
@@ -120,6 +123,7 @@ impl Default for HttpMetrics {
             delivery: SecondsHistogram::new(&DELIVERY_BUCKETS),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
             sse_subscribers: AtomicI64::new(0),
             sse_lagged: AtomicU64::new(0),
             sse_events: AtomicU64::new(0),
