@@ -57,25 +57,36 @@ fn serve(vars: &Vars) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_to_exit(
+        tokio::runtime::Builder::new_multi_thread(),
+        "swarm-registry",
+        run(settings),
+    )
+}
+
+/// Runs `work` to its end on a runtime from `builder`, and the process's exit code from its
+/// outcome. A task abandoned after the grace (or a blocking call it left behind) must not keep
+/// the process alive: dropping the runtime would wait for it without bound, so it gets
+/// RUNTIME_STOP.
+fn run_to_exit(
+    mut builder: tokio::runtime::Builder,
+    who: &str,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("swarm-registry: cannot start the async runtime: {e}");
+            eprintln!("{who}: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(settings));
-    // A task abandoned after the grace (or a blocking call it left behind) must not keep the
-    // process alive: dropping the runtime would wait for it without bound.
+    let result = runtime.block_on(work);
     runtime.shutdown_timeout(RUNTIME_STOP);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("swarm-registry: {e:#}");
+            eprintln!("{who}: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -93,17 +104,7 @@ fn agent(vars: &Vars) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("swarm-registry agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    let work = async move {
         logging::init(&core.log_level, core.log_format);
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -117,15 +118,12 @@ fn agent(vars: &Vars) -> ExitCode {
         shutdown.cancel();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, agent).await;
         stopped
-    });
-    runtime.shutdown_timeout(RUNTIME_STOP);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("swarm-registry agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    };
+    run_to_exit(
+        tokio::runtime::Builder::new_current_thread(),
+        "swarm-registry agent",
+        work,
+    )
 }
 
 /// `check-config`: the effective configuration on stdout (exit 0), or every error (exit 1).

@@ -10,6 +10,8 @@
 
 #[path = "common/broker.rs"]
 mod broker_support;
+#[path = "common/browser.rs"]
+mod browser_support;
 #[path = "common/swarm.rs"]
 mod swarm_support;
 
@@ -520,22 +522,6 @@ impl Drop for Browser {
     }
 }
 
-fn chromium_installed() -> bool {
-    let found = Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        // The test command installs it (scripts/dev-env) and requires it.
-        assert!(
-            std::env::var("SWARM_REGISTRY_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "chromium is required (SWARM_REGISTRY_REQUIRE_BROWSER=1) but not installed: run scripts/dev-env up"
-        );
-        eprintln!("SKIPPED the browser example: chromium is not installed");
-    }
-    found
-}
-
 fn check_browser_example(registry: &Registry, name: &str, since: u64, added_seq: u64) {
     let server = PageServer::start(registry.addr);
     let url = format!(
@@ -641,7 +627,7 @@ fn every_consumer_example_sees_a_new_service() {
         check_stream_output("docs/examples/stream_consumer.py", &out, &name, added_seq);
     }
 
-    if chromium_installed() {
+    if browser_support::chromium_installed("the browser example") {
         check_browser_example(&registry, &name, since, added_seq);
     }
     registry.assert_running();

@@ -96,42 +96,34 @@ impl CgroupRoot {
 impl CgroupFiles {
     /// Read the counters now.
     pub fn read(&self) -> Result<CgroupCounters, CgroupError> {
-        match self {
-            CgroupFiles::V2 { dir } => {
-                let cpu_path = dir.join("cpu.stat");
-                let cpu_nanos =
-                    parse_v2_cpu(&read(&cpu_path)?).map_err(|d| format(&cpu_path, d))?;
-                let current_path = dir.join("memory.current");
-                let usage =
-                    parse_number(&read(&current_path)?).map_err(|d| format(&current_path, d))?;
-                let stat_path = dir.join("memory.stat");
-                let stats = parse_flat_keyed(&read(&stat_path)?);
-                Ok(CgroupCounters {
-                    cpu_nanos,
-                    memory_used: memory_used(&MemoryFigures {
-                        usage: Some(usage),
-                        stats,
-                    }),
-                })
-            }
-            CgroupFiles::V1 { cpuacct, memory } => {
-                let cpu_path = cpuacct.join("cpuacct.usage");
-                let cpu_nanos =
-                    parse_number(&read(&cpu_path)?).map_err(|d| format(&cpu_path, d))?;
-                let usage_path = memory.join("memory.usage_in_bytes");
-                let usage =
-                    parse_number(&read(&usage_path)?).map_err(|d| format(&usage_path, d))?;
-                let stat_path = memory.join("memory.stat");
-                let stats = parse_flat_keyed(&read(&stat_path)?);
-                Ok(CgroupCounters {
-                    cpu_nanos,
-                    memory_used: memory_used(&MemoryFigures {
-                        usage: Some(usage),
-                        stats,
-                    }),
-                })
-            }
+        // The two layouts differ only in where the counters are and how CPU time is written.
+        let (cpu_path, usage_path, stat_path) = match self {
+            CgroupFiles::V2 { dir } => (
+                dir.join("cpu.stat"),
+                dir.join("memory.current"),
+                dir.join("memory.stat"),
+            ),
+            CgroupFiles::V1 { cpuacct, memory } => (
+                cpuacct.join("cpuacct.usage"),
+                memory.join("memory.usage_in_bytes"),
+                memory.join("memory.stat"),
+            ),
+        };
+        let cpu_text = read(&cpu_path)?;
+        let cpu_nanos = match self {
+            CgroupFiles::V2 { .. } => parse_v2_cpu(&cpu_text),
+            CgroupFiles::V1 { .. } => parse_number(&cpu_text),
         }
+        .map_err(|d| format(&cpu_path, d))?;
+        let usage = parse_number(&read(&usage_path)?).map_err(|d| format(&usage_path, d))?;
+        let stats = parse_flat_keyed(&read(&stat_path)?);
+        Ok(CgroupCounters {
+            cpu_nanos,
+            memory_used: memory_used(&MemoryFigures {
+                usage: Some(usage),
+                stats,
+            }),
+        })
     }
 }
 
