@@ -9,8 +9,13 @@
 //! - events: a service created or updated is inspected at once, or, while an inspect of it is
 //!   in flight, once more when that completes; a removal is applied from the event itself; a
 //!   task container starting or dying moves the running count at once ([`RunningCounts`]);
+//! - a service whose container steps the manager has still not matched after
+//!   [`SETTLED_AFTER`]: one settling inspect, whose count is then trusted (a step counted
+//!   twice or missed is wrong for seconds at most, not until the next poll);
 //! - the event stream ending or failing: reconnect after a backoff, resuming from the last
-//!   event seen, then list everything to cover what the engine no longer replays;
+//!   event seen, then list everything to cover what the engine no longer replays, and list
+//!   once more [`SETTLED_AFTER`] later, when the manager has surely counted the containers
+//!   that started or died while the stream was being opened;
 //! - the periodic poll: a full list; if it finds a difference no event announced, the stream
 //!   is presumed stalled and reopened (the watchdog);
 //! - refresh commands: one list answers every request waiting at that moment.
@@ -30,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::coalesce::{ApplyQueue, InspectOrder, Slot};
 use super::config::SwarmConfig;
 use super::engine::{Engine, EngineError, EngineEvent, EventCursor, EventSubject};
-use super::running::RunningCounts;
+use super::running::{RunningCounts, SETTLED_AFTER};
 use crate::backoff::Backoff;
 use crate::control::{CommandReply, ControlError};
 use crate::telemetry::SourceCounters;
@@ -40,11 +45,14 @@ type EventStream = BoxStream<'static, Result<EngineEvent, EngineError>>;
 /// The registry's driver has gone: nothing left to keep up to date.
 struct Stopped;
 
-/// Why a full list is made; only periodic polls feed the watchdog.
+/// Why a full list is made; only lists made while the stream was open (periodic polls and
+/// the recount after opening it) feed the watchdog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListReason {
     Poll,
     Reconnect,
+    /// The second list after a reconnect, once the manager's counts have settled.
+    Recount,
     Command,
 }
 
@@ -118,6 +126,9 @@ pub struct SyncLoop<E: Engine> {
     events: Option<EventStream>,
     /// When to (re)open the event stream; `Some` exactly while it is closed.
     reconnect_at: Option<Instant>,
+    /// When to list again after a reconnect's list, for the counts the manager had not
+    /// caught up with at that list.
+    recount_at: Option<Instant>,
     opened_before: bool,
     /// When an event last named each service, for the watchdog.
     last_hint: HashMap<String, Instant>,
@@ -147,6 +158,7 @@ impl<E: Engine> SyncLoop<E> {
             resumed_from: None,
             events: None,
             reconnect_at: Some(Instant::now()),
+            recount_at: None,
             opened_before: false,
             last_hint: HashMap::new(),
             suspects: None,
@@ -171,6 +183,8 @@ impl<E: Engine> SyncLoop<E> {
             }
             let judge_at = self.suspects.as_ref().map(|s| s.judge_at);
             let reconnect_at = self.reconnect_at;
+            let settle_at = self.counts.next_settle();
+            let recount_at = self.recount_at;
             // A list answers requests made before it was issued: one at a time, and those
             // arriving meanwhile share the next one.
             let listing = self.lists_in_flight > 0;
@@ -188,6 +202,8 @@ impl<E: Engine> SyncLoop<E> {
                 },
                 _ = poll.tick(), if !listing => self.poll(),
                 _ = sleep_until(judge_at) => self.judge(),
+                _ = sleep_until(settle_at) => self.settle(),
+                _ = sleep_until(recount_at), if !listing => self.recount(),
             }
         }
     }
@@ -376,8 +392,13 @@ impl<E: Engine> SyncLoop<E> {
                 let submitted = self.submit(Input::FullList(specs)).await?;
                 self.counters.full_lists.fetch_add(1, Ordering::Relaxed);
                 self.on_contact();
-                if request.reason == ListReason::Poll && self.events.is_some() {
+                if matches!(request.reason, ListReason::Poll | ListReason::Recount)
+                    && self.events.is_some()
+                {
                     self.watch(&submitted.changes, request.started);
+                }
+                if request.reason == ListReason::Reconnect {
+                    self.recount_at = Some(now + SETTLED_AFTER);
                 }
                 for reply in request.replies {
                     let _ = reply.send(Ok(submitted.revision));
@@ -423,6 +444,25 @@ impl<E: Engine> SyncLoop<E> {
         self.opened_before = true;
         self.suspects = None;
         self.start_list(ListReason::Reconnect, Vec::new());
+    }
+
+    /// Inspect the services whose uncounted container steps have settled.
+    fn settle(&mut self) {
+        for service_id in self.counts.due_to_settle(Instant::now()) {
+            self.counters
+                .settle_inspects
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(order) = self.queue.changed(&service_id) {
+                self.start_inspect(order);
+            }
+        }
+    }
+
+    fn recount(&mut self) {
+        self.recount_at = None;
+        if self.events.is_some() {
+            self.start_list(ListReason::Recount, Vec::new());
+        }
     }
 
     fn poll(&mut self) {

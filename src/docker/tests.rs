@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::*;
 use super::readings::{NodeReport, TaskLookup, TaskReading, STALE_INTERVALS};
+use super::running::SETTLED_AFTER;
 use super::{run_with_engine, SwarmConfig};
 use crate::control::{ControlError, SourceControl};
 use crate::telemetry::SourceCounters;
@@ -386,10 +387,12 @@ async fn a_stalled_stream_is_found_by_the_poll_and_reopened() {
     let h = start(&engine, config());
     synced(&h).await;
     assert_eq!(engine.with(|s| s.subscriptions.len()), 1);
+    // Past the second list that follows opening the stream.
+    run_for(SETTLED_AFTER + Duration::from_millis(10)).await;
 
     // A change the stream never reports.
     engine.put("b", "beta", 1, &[]);
-    run_for(Duration::from_secs(29)).await;
+    run_for(Duration::from_secs(26)).await;
     assert!(!h.registry.load().services.contains_key("beta"));
     run_for(Duration::from_secs(1) + config().watchdog_grace + Duration::from_millis(50)).await;
     let snap = h.registry.snapshot();
@@ -673,6 +676,66 @@ async fn running_counts_follow_container_events_before_the_manager_does() {
     run_for(Duration::from_millis(1)).await;
     assert_eq!(h.registry.load().services.len(), 1);
     assert_eq!(h.counters.events.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_step_counted_twice_at_a_reconnect_is_settled_within_seconds() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    engine.with(|s| s.services.get_mut("a").unwrap().running_tasks = Some(0));
+    let first = engine.feed();
+    let second = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let running = || h.registry.load().services["alpha"].entry.running_tasks;
+    let started = |cursor| {
+        engine_event(
+            cursor,
+            EventSubject::TaskContainerStarted {
+                service_id: "a".into(),
+            },
+        )
+    };
+    // The stream breaks; meanwhile a container starts and the manager counts it.
+    first.send(event(1_000, "a")).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    first.send(Err(down())).unwrap();
+    engine.with(|s| s.services.get_mut("a").unwrap().running_tasks = Some(1));
+    run_for(config().reconnect_max + Duration::from_millis(100)).await;
+    assert_eq!(running(), Some(1), "the reconnect's list");
+    // Its start is replayed after that list: counted a second time, for now.
+    second.send(started(2_000)).unwrap();
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(running(), Some(2));
+    let settles = h.counters.settle_inspects.load(Ordering::Relaxed);
+    run_for(SETTLED_AFTER + Duration::from_millis(10)).await;
+    assert_eq!(running(), Some(1), "settled long before the next poll");
+    assert_eq!(
+        h.counters.settle_inspects.load(Ordering::Relaxed),
+        settles + 1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_missed_while_the_stream_opens_is_counted_by_the_recount() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    // A container started just before the subscription: its event is not delivered, and
+    // the manager has not counted it yet when the first list is made.
+    engine.with(|s| s.services.get_mut("a").unwrap().running_tasks = Some(0));
+    let _feed = engine.feed();
+    let h = start(&engine, config());
+    synced(&h).await;
+    let running = || h.registry.load().services["alpha"].entry.running_tasks;
+    assert_eq!(running(), Some(0));
+    engine.with(|s| s.services.get_mut("a").unwrap().running_tasks = Some(1));
+    let lists = engine.with(|s| s.lists);
+    run_for(SETTLED_AFTER + Duration::from_millis(10)).await;
+    assert_eq!(running(), Some(1), "counted long before the next poll");
+    assert_eq!(engine.with(|s| s.lists), lists + 1, "one list more");
+    // No more than that one until the periodic poll.
+    run_for(Duration::from_secs(20)).await;
+    assert_eq!(engine.with(|s| s.lists), lists + 1);
 }
 
 /// The service changes a subscription has delivered so far.

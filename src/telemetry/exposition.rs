@@ -318,6 +318,11 @@ impl Scrape {
                 "Single-service inspects made.",
                 &s.inspects,
             ),
+            (
+                "engine_settle_inspects",
+                "Inspects made because container events stayed unmatched by the manager's count.",
+                &s.settle_inspects,
+            ),
             ("engine_full_lists", "Full lists folded.", &s.full_lists),
             (
                 "engine_errors",
@@ -535,6 +540,7 @@ mod tests {
             "engine_last_contact_age_seconds gauge",
             "engine_events_total counter",
             "engine_inspects_total counter",
+            "engine_settle_inspects_total counter",
             "engine_full_lists_total counter",
             "engine_errors_total counter",
             "engine_reconnects_total counter",

@@ -11,6 +11,9 @@ pub struct SourceCounters {
     pub events: AtomicU64,
     /// Single-service inspects made (after event coalescing).
     pub inspects: AtomicU64,
+    /// Of those, inspects asked for because container steps stayed unmatched by the
+    /// manager's count for the settling time (not prompted by a service event).
+    pub settle_inspects: AtomicU64,
     /// Full lists folded.
     pub full_lists: AtomicU64,
     /// Requests to the engine that failed.
