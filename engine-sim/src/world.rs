@@ -785,3 +785,189 @@ fn container_inspect(service: &SimService, task: &SimTask) -> Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(services: usize, share: f64, seed: u64) -> Scenario {
+        Scenario {
+            services,
+            labelled_share: share,
+            nodes: 3,
+            tasks_per_service: 2,
+            seed,
+            ..Scenario::default()
+        }
+    }
+
+    fn all(world: &World) -> Vec<Value> {
+        serde_json::from_str(&world.services_json(&Filters::default(), true).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_world_and_the_same_churn() {
+        let mut a = World::new(scenario(50, 0.4, 9));
+        let mut b = World::new(scenario(50, 0.4, 9));
+        let c = World::new(scenario(50, 0.4, 10));
+        assert_eq!(all(&a), all(&b));
+        assert_ne!(all(&a), all(&c));
+        assert_eq!(a.labelled(), 20);
+        assert_eq!(
+            a.nodes.iter().map(|n| &n.id).collect::<Vec<_>>(),
+            b.nodes.iter().map(|n| &n.id).collect::<Vec<_>>()
+        );
+        let steps_a: Vec<ChurnStep> = (0..200).map(|_| a.churn()).collect();
+        let steps_b: Vec<ChurnStep> = (0..200).map(|_| b.churn()).collect();
+        assert_eq!(steps_a, steps_b);
+        let specs = |w: &World| -> Vec<(String, BTreeMap<String, String>, u64)> {
+            w.services
+                .values()
+                .map(|s| (s.name.clone(), s.labels.clone(), s.replicas))
+                .collect()
+        };
+        assert_eq!(specs(&a), specs(&b));
+    }
+
+    #[test]
+    fn churn_keeps_the_count_every_update_changes_a_reported_field_and_ids_are_never_reused() {
+        let mut world = World::new(scenario(40, 0.5, 3));
+        let mut seen: std::collections::HashSet<String> = world.services.keys().cloned().collect();
+        let (mut creates, mut updates, mut removes) = (0, 0, 0);
+        for _ in 0..2000 {
+            let before = world.services.clone();
+            match world.churn() {
+                ChurnStep::Created { id } => {
+                    creates += 1;
+                    assert!(seen.insert(id.clone()), "id {id} reused");
+                    assert!(world.services[&id].labelled);
+                }
+                ChurnStep::Removed { id } => {
+                    removes += 1;
+                    assert!(before[&id].labelled, "only labelled services churn");
+                    assert!(!world.services.contains_key(&id));
+                }
+                ChurnStep::Updated { id } => {
+                    updates += 1;
+                    let (old, new) = (&before[&id], &world.services[&id]);
+                    assert!(new.version > old.version);
+                    assert!(
+                        old.labels != new.labels || old.replicas != new.replicas,
+                        "update of {id} changed nothing the registry reports"
+                    );
+                    assert_eq!(new.tasks.len() as u64, new.replicas);
+                }
+            }
+            let labelled = world.labelled();
+            assert!((18..=22).contains(&labelled), "labelled count {labelled}");
+            assert_eq!(world.services.len() - labelled, 20, "unlabelled ones stay");
+        }
+        assert!(creates > 100 && removes > 100 && updates > 500);
+        assert_eq!(world.events_emitted, 2000);
+    }
+
+    #[test]
+    fn service_filters_select_as_dockerd_does() {
+        let world = World::new(scenario(30, 0.5, 1));
+        let pick = |f: &str| -> Vec<Value> {
+            serde_json::from_str(
+                &world
+                    .services_json(&Filters::parse(f).unwrap(), false)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        let labelled = pick(r#"{"label":["autoscaler.enabled=true"]}"#);
+        assert_eq!(labelled.len(), 15);
+        assert!(labelled.iter().all(|s| s.get("ServiceStatus").is_none()));
+        let one = &labelled[3];
+        let id = one["ID"].as_str().unwrap();
+        assert_eq!(pick(&format!(r#"{{"id":["{id}"]}}"#)), vec![one.clone()]);
+        assert_eq!(pick(&format!(r#"{{"id":["{}"]}}"#, &id[..10])).len(), 1);
+        let name = one["Spec"]["Name"].as_str().unwrap();
+        assert_eq!(pick(&format!(r#"{{"name":["{name}"]}}"#)).len(), 1);
+        assert_eq!(pick(r#"{"label":["autoscaler.enabled=false"]}"#).len(), 5);
+        assert_eq!(pick(r#"{"label":["sim.group"]}"#).len(), 30);
+        assert_eq!(pick(r#"{"mode":["global"]}"#).len(), 0);
+        assert!(world
+            .services_json(&Filters::parse(r#"{"colour":["x"]}"#).unwrap(), false)
+            .is_err());
+    }
+
+    #[test]
+    fn tasks_spread_over_nodes_and_filter_by_service_node_and_state() {
+        let world = World::new(scenario(10, 1.0, 2));
+        let tasks = |f: &str| -> Vec<Value> {
+            serde_json::from_str(&world.tasks_json(&Filters::parse(f).unwrap()).unwrap()).unwrap()
+        };
+        assert_eq!(tasks("").len(), 20);
+        let service = world.services.values().next().unwrap();
+        let mine = tasks(&format!(
+            r#"{{"service":["{}"],"desired-state":["running"]}}"#,
+            service.id
+        ));
+        assert_eq!(mine.len(), 2);
+        assert_ne!(mine[0]["NodeID"], mine[1]["NodeID"], "spread over nodes");
+        let by_name = tasks(&format!(r#"{{"service":["{}"]}}"#, service.name));
+        assert_eq!(by_name, mine);
+        assert!(tasks(r#"{"desired-state":["shutdown"]}"#).is_empty());
+        let node = &world.nodes[1];
+        let on_node = tasks(&format!(r#"{{"node":["{}","nobody"]}}"#, node.id));
+        assert!(!on_node.is_empty() && on_node.len() < 20);
+        assert!(on_node.iter().all(|t| t["NodeID"] == node.id.as_str()));
+        assert_eq!(
+            tasks(&format!(r#"{{"node":["{}"]}}"#, node.hostname)),
+            on_node
+        );
+        // Only the local node's containers are this engine's.
+        let containers: Vec<Value> = serde_json::from_str(
+            &world
+                .containers_json(
+                    &Filters::parse(
+                        r#"{"label":["com.docker.swarm.task.id"],"status":["running"]}"#,
+                    )
+                    .unwrap(),
+                )
+                .unwrap(),
+        )
+        .unwrap();
+        let local = tasks(&format!(r#"{{"node":["{}"]}}"#, world.nodes[0].id));
+        assert_eq!(containers.len(), local.len());
+        let other = on_node[0]["Status"]["ContainerStatus"]["ContainerID"]
+            .as_str()
+            .unwrap();
+        assert!(world.container_inspect_json(other).is_none());
+    }
+
+    #[test]
+    fn since_and_until_select_the_history() {
+        let mut world = World::new(scenario(10, 1.0, 4));
+        for _ in 0..5 {
+            world.churn();
+        }
+        let times: Vec<i64> = world.history.iter().map(|e| e.time_nano).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        let (all, _) = world.subscribe(Some(0), None);
+        assert_eq!(all.len(), 5);
+        let (from_third, _) = world.subscribe(Some(times[2]), None);
+        assert_eq!(from_third.len(), 3, "since is inclusive");
+        let (window, _) = world.subscribe(Some(times[1]), Some(times[3]));
+        assert_eq!(window.len(), 3, "until is inclusive");
+        let (none, _) = world.subscribe(None, None);
+        assert!(none.is_empty(), "no since: live events only");
+        for _ in 0..EVENT_HISTORY {
+            world.churn();
+        }
+        let (kept, _) = world.subscribe(Some(0), None);
+        assert_eq!(kept.len(), EVENT_HISTORY);
+    }
+
+    #[test]
+    fn shares_round_to_whole_services() {
+        assert_eq!(labelled_count(100, 1.0), 100);
+        assert_eq!(labelled_count(100, 0.25), 25);
+        assert_eq!(labelled_count(3, 0.5), 2);
+        assert_eq!(labelled_count(10, f64::NAN), 0);
+        assert_eq!(labelled_count(10, 7.0), 10);
+    }
+}
