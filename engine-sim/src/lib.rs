@@ -76,6 +76,8 @@ pub enum Fault {
     /// Every Engine API answer waits this long first.
     Slow { delay_ms: u64 },
     /// `/version` and `/_ping` report this API version (and requests up to it are accepted).
+    /// Setting or clearing it ends open event streams, as the daemon restart that changes a
+    /// version would, so clients meet it when they reconnect.
     UnknownVersion {
         #[serde(default = "unknown_version")]
         version: String,

@@ -618,6 +618,8 @@ impl EventStream {
     async fn run(self, past: Vec<Arc<SimEvent>>, mut live: broadcast::Receiver<Arc<SimEvent>>) {
         let mut faults = self.shared.faults.subscribe();
         let current = faults.borrow_and_update().clone();
+        let version = current.reported_version().map(str::to_owned);
+        let version = version.as_deref();
         if let Next::Stop = self.misbehave(&current).await {
             return;
         }
@@ -646,6 +648,11 @@ impl EventStream {
                 changed = faults.changed() => {
                     if changed.is_err() { return }
                     let current = faults.borrow_and_update().clone();
+                    // A new API version means a new daemon: its streams end (cleanly), and
+                    // clients meet the version when they reconnect.
+                    if current.reported_version() != version {
+                        return;
+                    }
                     if let Next::Stop = self.misbehave(&current).await { return }
                 }
                 received = live.recv() => match received {
