@@ -383,22 +383,22 @@ async fn events_fail_lists_carry_on(fault: Fault, failures: &str) {
     let (sim, mut registry) = start().await;
     let base = registry.view().await.unwrap();
     sim.set_fault(fault.clone());
-    let mut created = Vec::new();
-    let during = loop {
-        created.push(create_one(&sim));
-        let last = created.last().unwrap().clone();
-        let view = registry
-            .wait_for(&format!("a change under {fault:?}"), |v| v.has(&last))
-            .await;
-        assert!(view.fresh(), "lists work, so the data is fresh: {view:?}");
-        if view.counter(failures) > base.counter(failures) {
-            break view;
-        }
-        assert!(
-            created.len() < 200,
-            "{failures} never moved under {fault:?}"
-        );
-    };
+    // Steady churn: every poll finds changes the stream did not report.
+    sim.set_churn(4.0);
+    registry
+        .wait_for(&format!("{failures} to move under {fault:?}"), |v| {
+            v.counter(failures) > base.counter(failures)
+        })
+        .await;
+    sim.set_churn(0.0);
+    let created = create_one(&sim);
+    let during = registry
+        .wait_for(&format!("a change under {fault:?}"), |v| v.has(&created))
+        .await;
+    assert!(
+        during.fresh(),
+        "lists work, so the data is fresh: {during:?}"
+    );
     sim.clear_faults();
     let events_before = during.counter("swarm_registry_engine_events_total");
     // A hung stream stays hung after the fault (that is the fault): the registry must find
