@@ -2,7 +2,7 @@
 //! history. One `World` sits behind one lock, so a change and its event are one step: a client
 //! that sees the event and then lists sees the change.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -118,6 +118,9 @@ pub struct World {
     rng: SimRng,
     pub nodes: Vec<Node>,
     pub services: BTreeMap<String, SimService>,
+    /// The containers on the engine's own node, by id, with their service's id: stats and
+    /// inspects of thousands of containers find theirs without a scan.
+    local_containers: HashMap<String, String>,
     /// Ids of the services churn acts on (the labelled ones, or all unlabelled ones when the
     /// scenario labels none), for picking one in constant time.
     churnable: Vec<String>,
@@ -151,6 +154,7 @@ impl World {
             rng,
             nodes,
             services: BTreeMap::new(),
+            local_containers: HashMap::new(),
             churnable: Vec::new(),
             churn_target: 0,
             churn_labelled: labelled_total > 0,
@@ -243,9 +247,11 @@ impl World {
 
     /// Add or drop tasks (from the highest slot) until the service has `wanted` of them.
     fn fit_tasks(&mut self, service: &mut SimService, wanted: u64, at: i64, started: u64) {
-        service
-            .tasks
-            .truncate(usize::try_from(wanted).unwrap_or(usize::MAX));
+        let keep = usize::try_from(wanted).unwrap_or(usize::MAX);
+        for task in service.tasks.iter().skip(keep) {
+            self.local_containers.remove(&task.container_id);
+        }
+        service.tasks.truncate(keep);
         while (service.tasks.len() as u64) < wanted {
             let slot = service.tasks.len() as u64 + 1;
             let node =
@@ -266,6 +272,10 @@ impl World {
                 doc: String::new(),
             };
             task.doc = task_doc(service, &task, self.index).to_string();
+            if task.node_id == self.nodes[0].id {
+                self.local_containers
+                    .insert(task.container_id.clone(), service.id.clone());
+            }
             service.tasks.push(task);
         }
     }
@@ -360,7 +370,11 @@ impl World {
         let pick = self.rng.below(count as u64) as usize;
         if remove {
             let id = self.churnable.swap_remove(pick);
-            let name = self.services.remove(&id).map(|s| s.name);
+            let removed = self.services.remove(&id);
+            for task in removed.iter().flat_map(|s| s.tasks.iter()) {
+                self.local_containers.remove(&task.container_id);
+            }
+            let name = removed.map(|s| s.name);
             self.index += 1;
             self.emit("service", "remove", &id, name_attribute(name));
             return ChurnStep::Removed { id };
@@ -494,6 +508,9 @@ impl World {
         let mut out = String::from("[");
         // With a service filter, look those services up instead of scanning them all.
         let scan: Vec<&SimService> = match filters.values("service") {
+            Some(wanted) if wanted.iter().all(|w| self.services.contains_key(w)) => {
+                wanted.iter().filter_map(|w| self.services.get(w)).collect()
+            }
             Some(wanted) => self
                 .services
                 .values()
@@ -535,6 +552,17 @@ impl World {
     fn local_container(&self, key: &str) -> Option<(&SimService, &SimTask)> {
         if key.is_empty() {
             return None;
+        }
+        if let Some(service) = self
+            .local_containers
+            .get(key)
+            .and_then(|id| self.services.get(id))
+        {
+            return service
+                .tasks
+                .iter()
+                .find(|t| t.container_id == key)
+                .map(|t| (service, t));
         }
         let mut found = self
             .local_tasks()
@@ -969,5 +997,32 @@ mod tests {
         assert_eq!(labelled_count(3, 0.5), 2);
         assert_eq!(labelled_count(10, f64::NAN), 0);
         assert_eq!(labelled_count(10, 7.0), 10);
+    }
+
+    #[test]
+    fn the_local_container_index_follows_churn() {
+        let mut world = World::new(scenario(20, 1.0, 5));
+        for _ in 0..500 {
+            world.churn();
+        }
+        let local = world.local_node().id.clone();
+        let mut expected: Vec<&String> = world
+            .services
+            .values()
+            .flat_map(|s| s.tasks.iter())
+            .filter(|t| t.node_id == local)
+            .map(|t| &t.container_id)
+            .collect();
+        expected.sort();
+        let mut indexed: Vec<&String> = world.local_containers.keys().collect();
+        indexed.sort();
+        assert_eq!(indexed, expected);
+        for id in expected {
+            assert!(world.container_inspect_json(id).is_some());
+            assert!(
+                world.container_inspect_json(&id[..12]).is_some(),
+                "by prefix"
+            );
+        }
     }
 }
