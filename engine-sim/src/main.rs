@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use engine_sim::{Scenario, Sim};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// A simulated Docker engine (swarm manager) with a seeded world, churn and faults on request.
 #[derive(Debug, Parser)]
@@ -60,6 +61,15 @@ async fn main() -> ExitCode {
         tasks_per_service: args.tasks,
         seed: args.seed,
     };
+    // Listen for the stop signals before saying where we listen: a client that reads the
+    // line and signals at once must find them handled.
+    let mut stop = match Stop::listen() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("swarm-engine-sim: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let sim = match Sim::start(&args.listen, scenario).await {
         Ok(sim) => sim,
         Err(e) => {
@@ -72,22 +82,29 @@ async fn main() -> ExitCode {
         let _ = writeln!(out, "swarm-engine-sim listening on {}", sim.url());
         let _ = out.flush();
     }
-    wait_for_stop().await;
+    stop.wait().await;
     sim.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT, registered up front.
+struct Stop {
+    term: Signal,
+    int: Signal,
+}
+
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

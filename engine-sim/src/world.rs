@@ -612,6 +612,7 @@ impl World {
         let cpu_stats = json!({
             "cpu_usage": {
                 "total_usage": cpu_total,
+                "percpu_usage": [cpu_total - cpu_total / 3, cpu_total / 3],
                 "usage_in_kernelmode": cpu_total / 10,
                 "usage_in_usermode": cpu_total - cpu_total / 10,
             },
@@ -628,6 +629,16 @@ impl World {
             "read": rfc3339(now),
             "preread": if previous.is_some() { rfc3339(now - 1_000_000_000) } else { "0001-01-01T00:00:00Z".to_owned() },
             "pids_stats": {"current": 1},
+            "blkio_stats": {
+                "io_service_bytes_recursive": [],
+                "io_serviced_recursive": [],
+                "io_queue_recursive": [],
+                "io_service_time_recursive": [],
+                "io_wait_time_recursive": [],
+                "io_merged_recursive": [],
+                "io_time_recursive": [],
+                "sectors_recursive": [],
+            },
             "num_procs": 0,
             "storage_stats": {},
             "cpu_stats": cpu_stats,
