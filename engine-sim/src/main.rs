@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 #[command(name = "swarm-engine-sim", version)]
 struct Args {
     /// Where to listen: tcp://HOST:PORT (port 0: any free port) or unix:///PATH.
-    #[arg(long, default_value = "tcp://127.0.0.1:0")]
+    #[arg(long, default_value = "tcp://127.0.0.1:0", value_parser = listen_address)]
     listen: String,
     /// Services in the world.
     #[arg(long, default_value_t = 100)]
@@ -34,6 +34,16 @@ struct Args {
     /// Seed of the world and of the churn.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+fn listen_address(text: &str) -> Result<String, String> {
+    let usable = text.strip_prefix("tcp://").is_some_and(|a| a.contains(':'))
+        || text.strip_prefix("unix://").is_some_and(|p| !p.is_empty());
+    if usable {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("'{text}' is not tcp://HOST:PORT or unix:///PATH"))
+    }
 }
 
 fn share(text: &str) -> Result<f64, String> {

@@ -77,20 +77,24 @@ fn bad_flags_are_usage_errors() {
         &["--nodes", "0"],
         &["--services", "many"],
         &["--colour", "blue"],
+        &["--listen", "ftp://x"],
+        &["--listen", "127.0.0.1:80"],
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
+    // A usable address that cannot be bound is a failure to start (exit 1), said on stderr.
     let out = Command::new(BIN)
-        .args(["--listen", "ftp://x"])
+        .args(["--listen", "unix:///nonexistent-dir/sim.sock"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("tcp://HOST:PORT or unix:///PATH"),
+        stderr.contains("cannot listen on unix:///nonexistent-dir/sim.sock"),
         "{stderr}"
     );
 }
