@@ -115,11 +115,12 @@ pub struct ServiceEntry {
 }
 
 /// One task the metrics collector could not sample, and why (for example: it runs on another
-/// node, whose engine this registry does not talk to).
+/// node, whose engine this registry does not talk to). Fields in alphabetical order: the wire
+/// contract lists every object's keys sorted, and serde writes them in declaration order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnsampledTask {
-    pub task_id: String,
     pub reason: String,
+    pub task_id: String,
 }
 
 /// Load figures for one service, averaged over its sampled running tasks.
@@ -211,7 +212,19 @@ impl SourceHealth {
 
 #[cfg(test)]
 mod tests {
-    use super::SourceStatus;
+    use super::{SourceStatus, UnsampledTask};
+
+    #[test]
+    fn an_unsampled_task_lists_its_keys_sorted() {
+        let task = UnsampledTask {
+            task_id: "t1".to_owned(),
+            reason: "no agent on node n2".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_string(&task).unwrap(),
+            r#"{"reason":"no agent on node n2","task_id":"t1"}"#
+        );
+    }
 
     #[test]
     fn a_status_name_is_its_serialised_state() {

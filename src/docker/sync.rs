@@ -503,12 +503,25 @@ impl<E: Engine> SyncLoop<E> {
             })
             .filter(|id| !self.announced(id, list_started))
             .collect();
-        if !ids.is_empty() {
-            self.suspects = Some(Suspects {
-                judge_at: Instant::now() + self.config.watchdog_grace,
-                list_started,
-                ids,
-            });
+        if ids.is_empty() {
+            return;
+        }
+        match &mut self.suspects {
+            // The earlier verdict stands and takes the new suspects along: replacing it would
+            // move its deadline out at every poll, so under steady churn with polls as frequent
+            // as the grace a stalled stream would never be judged.
+            Some(earlier) => {
+                earlier.ids.extend(ids);
+                earlier.ids.sort_unstable();
+                earlier.ids.dedup();
+            }
+            None => {
+                self.suspects = Some(Suspects {
+                    judge_at: Instant::now() + self.config.watchdog_grace,
+                    list_started,
+                    ids,
+                })
+            }
         }
     }
 

@@ -408,6 +408,37 @@ async fn a_stalled_stream_is_found_by_the_poll_and_reopened() {
     );
 }
 
+/// Polls at least as often as the watchdog's grace, each finding a new unannounced change: a
+/// later poll must not push the verdict on an earlier one out again, or a stalled stream under
+/// steady churn is never reopened.
+#[tokio::test(start_paused = true)]
+async fn steady_unannounced_churn_does_not_postpone_the_watchdog_forever() {
+    let engine = FakeEngine::new();
+    engine.put("a", "alpha", 1, &[]);
+    let _silent = engine.feed();
+    let config = SwarmConfig {
+        refresh_interval: Duration::from_secs(1),
+        ..config()
+    };
+    assert!(config.refresh_interval <= config.watchdog_grace);
+    let h = start(&engine, config);
+    synced(&h).await;
+    for version in 2..12 {
+        engine.put("a", "alpha", version, &[]);
+        run_for(Duration::from_millis(500)).await;
+        engine.put(&format!("n{version}"), &format!("new{version}"), 1, &[]);
+        run_for(Duration::from_millis(500)).await;
+    }
+    assert!(
+        h.counters.event_stalls.load(Ordering::Relaxed) >= 1,
+        "ten seconds of changes no event announced, and no stall found"
+    );
+    assert!(
+        engine.with(|s| s.subscriptions.len()) >= 2,
+        "the stream was reopened"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn announced_changes_are_not_stalls() {
     let engine = FakeEngine::new();
