@@ -94,9 +94,37 @@ fn upsert(c: &mut Criterion) {
 /// the broadcast's wake-ups but not the subscribers' work. The change log is full (4,096
 /// changes) long before measuring starts: warm-up alone submits far more.
 fn driver_transition(c: &mut Criterion) {
-    let mut group = c.benchmark_group("driver_transition");
+    transitions(
+        c,
+        "driver_transition",
+        &[0, 1, 100],
+        SubscribersRun::OnTheirOwnThread,
+    );
+}
+
+/// The same transition with the subscribers on the driver's own thread (one current-thread
+/// runtime for caller, driver and subscribers): the figure then holds the subscribers' receipt
+/// of both changes too, the whole CPU cost of one change delivered to R subscribers, with no
+/// thread to wake and no other core to lean on.
+fn driver_transition_delivered(c: &mut Criterion) {
+    transitions(
+        c,
+        "driver_transition_delivered",
+        &[1, 100],
+        SubscribersRun::OnTheDriversThread,
+    );
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum SubscribersRun {
+    OnTheirOwnThread,
+    OnTheDriversThread,
+}
+
+fn transitions(c: &mut Criterion, group: &str, receiver_counts: &[usize], run: SubscribersRun) {
+    let mut group = c.benchmark_group(group);
     for n in [100usize, 1_000, 10_000] {
-        for receivers in [0usize, 1, 100] {
+        for &receivers in receiver_counts {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -113,13 +141,17 @@ fn driver_transition(c: &mut Criterion) {
                 .unwrap();
             for _ in 0..receivers {
                 let (_, mut updates) = registry.subscribe();
-                subscribers_runtime.spawn(async move {
+                let drain = async move {
                     while let Some(update) = updates.next().await {
                         if let Update::Change(change) = update {
                             black_box(change.seq);
                         }
                     }
-                });
+                };
+                match run {
+                    SubscribersRun::OnTheirOwnThread => subscribers_runtime.spawn(drain),
+                    SubscribersRun::OnTheDriversThread => runtime.spawn(drain),
+                };
             }
             let mut version = 10u64;
             let id = BenchmarkId::new(format!("{n}"), format!("receivers-{receivers}"));
@@ -244,6 +276,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = upsert, driver_transition, load_while_writing, http_read
+    targets = upsert, driver_transition, driver_transition_delivered, load_while_writing, http_read
 }
 criterion_main!(benches);
