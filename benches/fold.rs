@@ -56,7 +56,8 @@ fn snapshot_of(n: usize) -> Snapshot {
 
 /// One upsert that really changes an entry (replicas alternate, the version index rises), so
 /// every iteration emits a service.updated and a services.updated and derives a new snapshot.
-/// Building the input is excluded from the measurement.
+/// The pure fold alone: it does not write the change log, store or broadcast (the driver does;
+/// see `driver_transition`). Building the input is excluded from the measurement.
 fn upsert(c: &mut Criterion) {
     let mut group = c.benchmark_group("fold_one_upsert");
     for n in [100usize, 1_000, 10_000] {
