@@ -62,6 +62,10 @@ struct Settings {
     warmup: Duration,
     window: Duration,
     http: Duration,
+    /// How long changes emitted by the end of a window get to arrive everywhere.
+    settle: Duration,
+    /// RSS readings (200 ms apart) whose median is reported.
+    rss_readings: usize,
     out: PathBuf,
     only: Option<String>,
 }
@@ -105,6 +109,8 @@ impl Settings {
                 warmup: Duration::from_secs(env_num("SCALE_WARMUP_SEC", 10)),
                 window: Duration::from_secs(env_num("SCALE_WINDOW_SEC", 10)),
                 http: Duration::from_secs(env_num("SCALE_HTTP_SEC", 5)),
+                settle: Duration::from_secs(2),
+                rss_readings: 5,
                 out: std::env::var("SCALE_OUT")
                     .map(PathBuf::from)
                     .unwrap_or_else(|_| root.join("docs/bench")),
@@ -118,8 +124,10 @@ impl Settings {
                 subscriber_services: 10,
                 churn: 20.0,
                 warmup: Duration::from_secs(1),
-                window: Duration::from_secs(2),
+                window: Duration::from_secs(1),
                 http: Duration::from_millis(300),
+                settle: Duration::from_millis(500),
+                rss_readings: 1,
                 out: root.join("target/scale-curves-smoke"),
                 only: None,
             }
@@ -320,15 +328,16 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// The median of five readings 200 ms apart: one reading can land on a passing allocation.
-async fn steady_rss_kib(pid: u32) -> u64 {
-    let mut readings = Vec::new();
-    for _ in 0..5 {
-        readings.push(rss_kib(pid));
+/// The median of `count` readings 200 ms apart: one reading can land on a passing
+/// allocation.
+async fn steady_rss_kib(pid: u32, count: usize) -> u64 {
+    let mut readings = vec![rss_kib(pid)];
+    for _ in 1..count {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        readings.push(rss_kib(pid));
     }
     readings.sort_unstable();
-    readings[2]
+    readings[readings.len() / 2]
 }
 
 fn load_average() -> String {
@@ -409,9 +418,12 @@ async fn wait_for_services(registry: &mut Registry, n: usize) -> Vec<Value> {
     let limit = Instant::now() + Duration::from_secs(120);
     loop {
         registry.process.check_alive("swarm-registry");
-        if let Ok(Value::Array(services)) = get_json(registry.addr, "/services").await {
-            if services.len() >= n {
-                return services;
+        // The body is {"metadata": {...}, "services": [...]}.
+        if let Ok(Value::Object(mut body)) = get_json(registry.addr, "/services").await {
+            if let Some(Value::Array(services)) = body.remove("services") {
+                if services.len() >= n {
+                    return services;
+                }
             }
         }
         assert!(
@@ -938,49 +950,53 @@ async fn services_point(settings: &Settings, n: usize) -> ServicesRow {
     set_churn(&engine, churn).await;
     tokio::time::sleep(settings.warmup).await;
     let window_start = epoch_nanos();
-    let rss = steady_rss_kib(registry.process.pid()).await;
-    tokio::time::sleep(settings.window.saturating_sub(Duration::from_secs(1))).await;
-
-    // Reads while the churn goes on.
-    let one = listed
-        .get(listed.len() / 2)
-        .and_then(|e| e["name"].as_str())
-        .map(|name| format!("/services/{name}"));
-    let mut reads = Vec::new();
-    for protocol in [Protocol::Http1, Protocol::H2c] {
-        reads.push((
-            protocol,
-            "/services",
-            read_load(registry.addr, protocol, "/services", settings.http).await,
-        ));
-        if let Some(path) = &one {
-            reads.push((
-                protocol,
-                "/services/{name}",
-                read_load(registry.addr, protocol, path, settings.http).await,
-            ));
-        }
-    }
+    let rss = steady_rss_kib(registry.process.pid(), settings.rss_readings).await;
+    tokio::time::sleep(settings.window).await;
+    let window_end = epoch_nanos();
     set_churn(&engine, 0.0).await;
     // Changes for events emitted up to now still arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(settings.settle).await;
     registry.process.check_alive("swarm-registry");
     engine.process.check_alive("swarm-engine-sim");
     stop.cancel();
     let events = engine_events.await.unwrap();
     let changes = observed.await.unwrap();
     let matching = match_changes(&events, &changes, window_start);
+    let in_window = |t: u64| t >= window_start && t < window_end;
     let latencies: Vec<u64> = changes
         .iter()
         .filter_map(|c| {
-            let origin = matching.origin.get(&c.seq)?;
+            let origin = matching.origin.get(&c.seq).filter(|t| in_window(**t))?;
             Some(c.received_nano.saturating_sub(*origin) / 1000)
         })
         .collect();
-    let engine_events = events
-        .iter()
-        .filter(|e| e.time_nano >= window_start)
-        .count();
+    let engine_events = events.iter().filter(|e| in_window(e.time_nano)).count();
+
+    // Reads, with the churn paused (at 100 changes/s a service read by name is soon
+    // removed), then the whole list again with the churn on (its rendering is cached per
+    // revision, so churn makes reads render it again).
+    let mut reads = Vec::new();
+    if n > 0 {
+        let listed_now = wait_for_services(&mut registry, 1).await;
+        let one = listed_now
+            .get(listed_now.len() / 2)
+            .and_then(|e| e["name"].as_str())
+            .map(|name| format!("/services/{name}"))
+            .unwrap();
+        for protocol in [Protocol::Http1, Protocol::H2c] {
+            for (label, path) in [("/services", "/services"), ("/services/{name}", &one)] {
+                let load = read_load(registry.addr, protocol, path, settings.http).await;
+                reads.push((protocol, label, load));
+            }
+        }
+        set_churn(&engine, settings.churn).await;
+        for protocol in [Protocol::Http1, Protocol::H2c] {
+            let load = read_load(registry.addr, protocol, "/services", settings.http).await;
+            reads.push((protocol, "/services, churn on", load));
+        }
+        set_churn(&engine, 0.0).await;
+        registry.process.check_alive("swarm-registry");
+    }
     ServicesRow {
         services: n,
         listed: listed.len(),
@@ -1085,7 +1101,7 @@ async fn subscribers_point(settings: &Settings, m: usize, protocol: Protocol) ->
     }
     set_churn(&engine, settings.churn).await;
     tokio::time::sleep(settings.warmup.min(Duration::from_secs(3))).await;
-    let rss_before = steady_rss_kib(registry.process.pid()).await;
+    let rss_before = steady_rss_kib(registry.process.pid(), settings.rss_readings).await;
 
     let path = "/events/stream?events=service.*";
     let ready = Arc::new(AtomicUsize::new(0));
@@ -1168,7 +1184,7 @@ async fn subscribers_point(settings: &Settings, m: usize, protocol: Protocol) ->
         );
     }
     tokio::time::sleep(settings.warmup.min(Duration::from_secs(5))).await;
-    let rss_after = steady_rss_kib(registry.process.pid()).await;
+    let rss_after = steady_rss_kib(registry.process.pid(), settings.rss_readings).await;
 
     let histogram_before = delivery_histogram(registry.addr).await;
     let window_start = epoch_nanos();
@@ -1177,7 +1193,7 @@ async fn subscribers_point(settings: &Settings, m: usize, protocol: Protocol) ->
     let window_end = epoch_nanos();
     set_churn(&engine, 0.0).await;
     // Let what was emitted in the window arrive everywhere before stopping.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(settings.settle).await;
     let histogram_after = delivery_histogram(registry.addr).await;
     registry.process.check_alive("swarm-registry");
     engine.process.check_alive("swarm-engine-sim");
@@ -1456,7 +1472,7 @@ fn services_tables(rows: &[ServicesRow], churn: f64) -> String {
         ));
     }
     out.push_str(
-        "\n#### Reads while the churn goes on (HTTP/1.1: 16 connections; h2c: 4 connections x 16 streams; closed loop)\n\n\
+        "\n#### Reads (HTTP/1.1: 16 connections; h2c: 4 connections x 16 streams; closed loop; churn paused unless said)\n\n\
          | services | protocol | path | req/s | p50 | p99 | max | failures |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
@@ -1576,7 +1592,7 @@ fn write_services_charts(out: &Path, rows: &[ServicesRow]) {
     );
     let mut reads = Vec::new();
     for protocol in [Protocol::Http1, Protocol::H2c] {
-        for path in ["/services", "/services/{name}"] {
+        for path in ["/services", "/services/{name}", "/services, churn on"] {
             reads.push(Series {
                 name: format!("{path} {}", protocol.name()),
                 points: measured
