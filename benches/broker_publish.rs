@@ -4,13 +4,18 @@
 //! `scripts/dev-env up`). Optional arguments: `--changes N` (default 100000),
 //! `--paced-seconds S` (default 10).
 //!
-//! Three measurements, side by side in one run:
+//! Four measurements, side by side in one run:
 //! 1. fold only: the registry folding metrics inputs with no publisher (the ceiling);
-//! 2. fold + publisher: the same inputs, timed until the broker confirmed the last change;
-//! 3. bare client: pre-built messages sent through the client's producer in batches of the
+//! 2. fold + publisher: the same inputs, timed until the broker confirmed the last change,
+//!    through the real path (the publisher asks the broker for the producer's last publishing
+//!    id before every batch, to notice another writer under its name);
+//! 3. the same without that question (a broker that cannot tell, which turns the check off),
+//!    run alternately before and after 2, so the ratio of the two is what the question costs;
+//! 4. bare client: pre-built messages sent through the client's producer in batches of the
 //!    same size with confirms (what the client alone can do);
 //!
-//! and, at a paced 1,000 changes/s, the latency from submitting a change to its confirm.
+//! and, at a paced 1,000 changes/s, the latency from submitting a change to its confirm, with
+//! and without the question.
 //!
 //! Exits 1 when any measurement fails (a change not confirmed, the client failing), and when
 //! RabbitMQ does not answer while SWARM_REGISTRY_REQUIRE_RABBITMQ=1 (otherwise it skips with
@@ -106,10 +111,14 @@ async fn registry_with_services() -> Registry {
     registry
 }
 
-/// Wraps the real broker and notes when each publishing id was confirmed.
+/// Wraps the real broker and notes when each publishing id was confirmed. Everything else is
+/// the real broker's, including the question the publisher asks before every batch (the
+/// producer's last publishing id, one round trip on the query connection), unless
+/// `mark_check` is off.
 struct Timed {
     inner: RabbitBroker,
     confirmed_at: Arc<Mutex<HashMap<u64, Instant>>>,
+    mark_check: bool,
 }
 
 impl StreamBroker for Timed {
@@ -140,6 +149,14 @@ impl StreamBroker for Timed {
     fn disconnect(&mut self) -> BoxFuture<'_, ()> {
         self.inner.disconnect()
     }
+
+    fn last_publishing_id(&self) -> BoxFuture<'static, Result<Option<u64>, BrokerError>> {
+        if self.mark_check {
+            self.inner.last_publishing_id()
+        } else {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+    }
 }
 
 struct Bench {
@@ -153,7 +170,7 @@ struct Bench {
 
 /// A publisher on a stream of its own, once it confirmed the registry's initial changes;
 /// `None` (with the reason on stderr) when it did not within 30 s.
-async fn start_publisher(label: &str) -> Option<Bench> {
+async fn start_publisher(label: &str, mark_check: bool) -> Option<Bench> {
     let name = unique(label);
     let config = BrokerConfig::new(endpoint(), &name, &format!("{name}-producer"));
     let registry = registry_with_services().await;
@@ -162,6 +179,7 @@ async fn start_publisher(label: &str) -> Option<Bench> {
     let broker = Timed {
         inner: RabbitBroker::new(config.clone()),
         confirmed_at: confirmed_at.clone(),
+        mark_check,
     };
     let publisher = Publisher::new(broker, &registry, config.tuning, state.clone());
     let shutdown = CancellationToken::new();
@@ -226,8 +244,8 @@ async fn fold_only(changes: u64) -> f64 {
 }
 
 /// Changes per second folded, published and confirmed.
-async fn fold_and_publish(changes: u64) -> Option<f64> {
-    let bench = start_publisher("throughput").await?;
+async fn fold_and_publish(changes: u64, mark_check: bool) -> Option<f64> {
+    let bench = start_publisher("throughput", mark_check).await?;
     let start = Instant::now();
     for i in 0..changes {
         // Keep the backlog (folded, not yet confirmed) within the default outbox and change
@@ -300,8 +318,8 @@ async fn bare_client(changes: u64, batch_size: usize) -> Option<f64> {
 }
 
 /// Latencies (ms) from submitting a change to its confirm, at `rate` changes per second.
-async fn paced_latency(rate: u64, seconds: u64) -> Option<Vec<f64>> {
-    let bench = start_publisher("latency").await?;
+async fn paced_latency(rate: u64, seconds: u64, mark_check: bool) -> Option<Vec<f64>> {
+    let bench = start_publisher("latency", mark_check).await?;
     let mut submitted = Vec::with_capacity((rate * seconds) as usize);
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -385,47 +403,73 @@ fn main() -> ExitCode {
         }
         let mut failed = false;
         println!("changes per throughput run: {changes}; services: {SERVICES}");
-        let (mut folds, mut publishes, mut bares, mut ratios) = (vec![], vec![], vec![], vec![]);
+        let shown = |rate: Option<f64>| rate.map_or("failed".to_owned(), |r| format!("{r:.0}/s"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "-".to_owned(),
+        };
+        let (mut folds, mut checked_all, mut unchecked_all, mut bares) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut bare_ratios, mut check_ratios) = (vec![], vec![]);
         for round in 1..=rounds {
             let fold = fold_only(changes).await;
-            let published = fold_and_publish(changes).await;
+            // Order alternated, so neither variant always runs on a warmer broker.
+            let (checked, unchecked) = if round % 2 == 1 {
+                let c = fold_and_publish(changes, true).await;
+                (c, fold_and_publish(changes, false).await)
+            } else {
+                let u = fold_and_publish(changes, false).await;
+                (fold_and_publish(changes, true).await, u)
+            };
             let bare = bare_client(changes, 1000).await;
             println!(
-                "round {round}: fold only {fold:.0}/s | fold + publisher (confirmed) {} | bare client (confirmed) {} | publisher/bare {}",
-                published.map_or("failed".to_owned(), |r| format!("{r:.0}/s")),
-                bare.map_or("failed".to_owned(), |r| format!("{r:.0}/s")),
-                match (published, bare) {
-                    (Some(p), Some(b)) => format!("{:.2}", p / b),
-                    _ => "-".to_owned(),
-                }
+                "round {round}: fold only {fold:.0}/s | fold + publisher (confirmed) {} | without the last-id question {} | bare client (confirmed) {} | publisher/bare {} | with/without question {}",
+                shown(checked),
+                shown(unchecked),
+                shown(bare),
+                ratio(checked, bare),
+                ratio(checked, unchecked),
             );
-            failed |= published.is_none() || bare.is_none();
+            failed |= checked.is_none() || unchecked.is_none() || bare.is_none();
             folds.push(fold);
-            publishes.extend(published);
+            checked_all.extend(checked);
+            unchecked_all.extend(unchecked);
             bares.extend(bare);
-            if let (Some(p), Some(b)) = (published, bare) {
-                ratios.push(p / b);
+            if let (Some(p), Some(b)) = (checked, bare) {
+                bare_ratios.push(p / b);
+            }
+            if let (Some(c), Some(u)) = (checked, unchecked) {
+                check_ratios.push(c / u);
             }
         }
         println!(
-            "median of {rounds}: fold only {:.0}/s | fold + publisher {:.0}/s | bare client {:.0}/s | publisher/bare {:.2}",
+            "median of {rounds}: fold only {:.0}/s | fold + publisher {:.0}/s | without the last-id question {:.0}/s | bare client {:.0}/s | publisher/bare {:.2} | with/without question {:.2}",
             median(&mut folds),
-            median(&mut publishes),
+            median(&mut checked_all),
+            median(&mut unchecked_all),
             median(&mut bares),
-            median(&mut ratios)
+            median(&mut bare_ratios),
+            median(&mut check_ratios),
         );
-        match paced_latency(1_000, paced_seconds).await {
-            Some(latencies) => println!(
-                "paced 1000 changes/s for {paced_seconds} s: change->confirm p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} changes)",
-                percentile(&latencies, 0.50),
-                percentile(&latencies, 0.90),
-                percentile(&latencies, 0.99),
-                latencies.last().copied().unwrap_or(f64::NAN),
-                latencies.len()
-            ),
-            None => {
-                println!("paced run failed");
-                failed = true;
+        for mark_check in [true, false] {
+            let label = if mark_check {
+                "with the last-id question"
+            } else {
+                "without the last-id question"
+            };
+            match paced_latency(1_000, paced_seconds, mark_check).await {
+                Some(latencies) => println!(
+                    "paced 1000 changes/s for {paced_seconds} s, {label}: change->confirm p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} changes)",
+                    percentile(&latencies, 0.50),
+                    percentile(&latencies, 0.90),
+                    percentile(&latencies, 0.99),
+                    latencies.last().copied().unwrap_or(f64::NAN),
+                    latencies.len()
+                ),
+                None => {
+                    println!("paced run {label} failed");
+                    failed = true;
+                }
             }
         }
         if failed {
