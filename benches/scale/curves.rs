@@ -14,7 +14,8 @@
 //!   subscriber.
 //!
 //! Run: `benches/scale.sh` (builds the simulated engine, then `cargo bench --bench
-//! scale_curves`). Tables go to stdout and, with the curves as SVG, to `docs/bench/`.
+//! scale_curves`). Tables go to stdout and, with the curves as SVG, to `docs/bench/`
+//! (`scale-services.md`, `scale-subscribers.md`, one file per curve, each saying its commit).
 //! Under `cargo test --all-targets` (no `--bench` argument) it makes a smoke run: a few
 //! services and subscribers, seconds long, files under `target/`, exit 1 if a step fails.
 //!
@@ -23,7 +24,9 @@
 //! `SCALE_SUBSCRIBER_SERVICES` (100), `SCALE_CHURN` (changes per second, 100),
 //! `SCALE_WARMUP_SEC` (10), `SCALE_WINDOW_SEC` (10), `SCALE_HTTP_SEC` (5 per protocol and
 //! path), `SCALE_OUT` (docs/bench), `SCALE_ONLY` (`services` or `subscribers`),
-//! `SWARM_ENGINE_SIM` (the simulated engine's binary).
+//! `SWARM_ENGINE_SIM` (the simulated engine's binary), `SCALE_REGISTRY_ENV` (extra
+//! `NAME=value` settings for the registry, space-separated), `SCALE_REGISTRY_BIN` (another
+//! build of the registry to run).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -295,7 +298,10 @@ fn free_port() -> u16 {
 
 fn start_registry(engine: &Engine, max_connections: usize) -> Registry {
     let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_swarm-registry"));
+    // SCALE_REGISTRY_BIN runs another build of the registry (paired before/after rounds).
+    let binary = std::env::var("SCALE_REGISTRY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_swarm-registry").to_owned());
+    let mut command = Command::new(binary);
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -304,12 +310,26 @@ fn start_registry(engine: &Engine, max_connections: usize) -> Registry {
         .env("DOCKER_BASE_URL", &engine.url)
         .env("LOG_LEVEL", "warn")
         .env("MAX_CONNECTIONS", max_connections.to_string())
-        // The node sampler reads Docker's stats for the simulated containers: there are no
-        // cgroup files for them.
+        // The node sampler reads Docker's stats for the simulated containers (there are no
+        // cgroup files for them), a call per task: at 10,000 tasks every second the simulated
+        // engine alone would take a core of the two. Sampling runs once at start-up and then
+        // every 10 minutes, so every service still holds its metrics record and no window
+        // shares the cores with it (the sampler's own cost: "Node sampler" above).
         .env("CGROUP_ROOT", "/nonexistent-cgroup-root")
+        .env("NODE_SAMPLE_INTERVAL_MS", "600000")
+        .env("METRICS_REFRESH_INTERVAL_SEC", "600")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // Extra settings for experiments, e.g. SCALE_REGISTRY_ENV="CHANGE_LOG_CAPACITY=64".
+    for pair in std::env::var("SCALE_REGISTRY_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
+        if let Some((name, value)) = pair.split_once('=') {
+            command.env(name, value);
+        }
+    }
     let mut child = command.spawn().expect("starting swarm-registry");
     let stderr = capture_stderr(&mut child);
     Registry {
@@ -1694,14 +1714,17 @@ fn write(dir: &Path, name: &str, text: &str) {
 async fn run(settings: Settings) {
     let mut report = String::new();
     let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["describe", "--always", "--dirty"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     report.push_str(&format!(
-        "Commit {commit}, started with load average {}, {} build.\n\n",
+        "Commit {commit}{}, started with load average {}, {} build.\n\n",
+        std::env::var("SCALE_REGISTRY_BIN")
+            .map(|b| format!(" (registry binary {b})"))
+            .unwrap_or_default(),
         load_average(),
         if cfg!(debug_assertions) {
             "debug"
@@ -1714,7 +1737,13 @@ async fn run(settings: Settings) {
         for &n in &settings.services {
             rows.push(services_point(&settings, n).await);
         }
-        report.push_str(&services_tables(&rows, settings.churn));
+        let tables = services_tables(&rows, settings.churn);
+        write(
+            &settings.out,
+            "scale-services.md",
+            &format!("{report}{tables}"),
+        );
+        report.push_str(&tables);
         report.push('\n');
         write_services_charts(&settings.out, &rows);
     }
@@ -1725,11 +1754,13 @@ async fn run(settings: Settings) {
                 rows.push(subscribers_point(&settings, m, protocol).await);
             }
         }
-        report.push_str(&subscribers_table(
-            &rows,
-            settings.churn,
-            settings.subscriber_services,
-        ));
+        let table = subscribers_table(&rows, settings.churn, settings.subscriber_services);
+        write(
+            &settings.out,
+            "scale-subscribers.md",
+            &format!("{report}{table}"),
+        );
+        report.push_str(&table);
         write_subscriber_charts(&settings.out, &rows);
         if !settings.full {
             // The smoke run checks that the bench works: every subscriber connected and got
@@ -1741,7 +1772,6 @@ async fn run(settings: Settings) {
             }
         }
     }
-    write(&settings.out, "scale-curves.md", &report);
     println!("{report}");
     eprintln!(
         "tables and curves in {} (load average now {})",
