@@ -11,7 +11,7 @@
 //! - subscribers: for each count M of event-stream subscribers at steady churn, over HTTP/2
 //!   (up to 1,000 streams on each connection) and over one HTTP/1.1 connection each: delivery
 //!   latency from the engine's event to each subscriber, and the registry's memory per
-//!   subscriber.
+//!   subscriber (connected with the churn paused, so idle; and again at the window's end).
 //!
 //! Run: `benches/scale.sh` (builds the simulated engine, then `cargo bench --bench
 //! scale_curves`). Tables go to stdout and, with the curves as SVG, to `docs/bench/`
@@ -1045,7 +1045,10 @@ struct SubscribersRow {
     connected: usize,
     connections: usize,
     rss_before_kib: u64,
+    /// With the subscribers connected and idle (churn paused).
     rss_after_kib: u64,
+    /// At the end of the window, with whatever the subscribers' backlog holds.
+    rss_loaded_kib: u64,
     delivery: Quantiles,
     /// Changes every subscriber should have had, and how many subscribers had them all.
     expected: usize,
@@ -1122,6 +1125,9 @@ async fn subscribers_point(settings: &Settings, m: usize, protocol: Protocol) ->
     set_churn(&engine, settings.churn).await;
     tokio::time::sleep(settings.warmup.min(Duration::from_secs(3))).await;
     let rss_before = steady_rss_kib(registry.process.pid(), settings.rss_readings).await;
+    // Subscribers connect with the churn paused, so the memory read below is what idle
+    // subscribers hold, not a backlog queued for subscribers that fall behind.
+    set_churn(&engine, 0.0).await;
 
     let path = "/events/stream?events=service.*";
     let ready = Arc::new(AtomicUsize::new(0));
@@ -1203,8 +1209,10 @@ async fn subscribers_point(settings: &Settings, m: usize, protocol: Protocol) ->
                 .unwrap_or_else(|| "no snapshot within 180 s".to_owned())
         );
     }
-    tokio::time::sleep(settings.warmup.min(Duration::from_secs(5))).await;
+    tokio::time::sleep(settings.settle).await;
     let rss_after = steady_rss_kib(registry.process.pid(), settings.rss_readings).await;
+    set_churn(&engine, settings.churn).await;
+    tokio::time::sleep(settings.warmup.min(Duration::from_secs(5))).await;
 
     let histogram_before = delivery_histogram(registry.addr).await;
     let window_start = epoch_nanos();
@@ -1217,6 +1225,7 @@ async fn subscribers_point(settings: &Settings, m: usize, protocol: Protocol) ->
     let histogram_after = delivery_histogram(registry.addr).await;
     registry.process.check_alive("swarm-registry");
     engine.process.check_alive("swarm-engine-sim");
+    let rss_loaded = rss_kib(registry.process.pid());
     subscribers_stop.cancel();
     stop.cancel();
     let events = engine_events.await.unwrap();
@@ -1258,6 +1267,7 @@ async fn subscribers_point(settings: &Settings, m: usize, protocol: Protocol) ->
         connections,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
+        rss_loaded_kib: rss_loaded,
         delivery: quantiles(latencies),
         expected: expected.len(),
         complete,
@@ -1517,7 +1527,7 @@ fn services_tables(rows: &[ServicesRow], churn: f64) -> String {
 fn subscribers_table(rows: &[SubscribersRow], churn: f64, services: usize) -> String {
     let mut out = format!(
         "#### Event-stream subscribers ({churn} changes/s over {services} services, `?events=service.*`)\n\n\
-         | subscribers | protocol | connections | connected | got every change | delivery p50 | p99 | max | server histogram p50 / p99 | RSS before / after | per subscriber | load avg | note |\n\
+         | subscribers | protocol | connections | connected | got every change | delivery p50 | p99 | max | server histogram p50 / p99 | RSS before / idle subscribers / end of window | per idle subscriber | load avg | note |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows {
@@ -1530,7 +1540,7 @@ fn subscribers_table(rows: &[SubscribersRow], churn: f64, services: usize) -> St
             "-".to_owned()
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} ({} changes, {} deliveries timed) | {:.2} ms | {:.2} ms | {:.2} ms | {} / {} | {:.1} / {:.1} MiB | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} ({} changes, {} deliveries timed) | {:.2} ms | {:.2} ms | {:.2} ms | {} / {} | {:.1} / {:.1} / {:.1} MiB | {} | {} | {} |\n",
             thousands(r.subscribers as f64),
             r.protocol.name(),
             thousands(r.connections as f64),
@@ -1545,6 +1555,7 @@ fn subscribers_table(rows: &[SubscribersRow], churn: f64, services: usize) -> St
             r.server_p99,
             r.rss_before_kib as f64 / 1024.0,
             r.rss_after_kib as f64 / 1024.0,
+            r.rss_loaded_kib as f64 / 1024.0,
             per,
             r.load_average,
             r.note
