@@ -81,8 +81,19 @@ pub fn event_name(change: &Change) -> &'static str {
     change.kind.event()
 }
 
-/// A change as SSE, in chunks: the small head is built per subscriber, the JSON body is the
-/// change's own shared rendering, so fanning a large change out copies no body bytes.
+/// Bodies up to this size are copied into one chunk with their head; larger ones (a
+/// `services.updated` carries every service) are sent as the shared rendering itself.
+///
+/// Every chunk is a frame of its own on the connection: an HTTP/2 DATA frame, whose sending
+/// takes the connection's stream lock (reserve capacity, send, check for a reset), or an
+/// HTTP/1.1 chunk with its own size line. With thousands of subscribers that per-frame cost,
+/// paid three times per event, bounded delivery more than copying a few hundred bytes does.
+pub const SHARED_BODY_MIN: usize = 16 * 1024;
+
+/// A change as SSE. The head (`id:`, `event:`, `data: `) is built per subscriber; a body up
+/// to [`SHARED_BODY_MIN`] is copied behind it into one chunk, a larger one stays the change's
+/// own shared rendering (fanning it out copies no body bytes) between the head and the
+/// closing blank line. Unused places are empty chunks, which the stream skips.
 pub fn change_chunks(change: &Change) -> [Bytes; 3] {
     let json = change.json();
     if json.contains('\n') {
@@ -99,6 +110,13 @@ pub fn change_chunks(change: &Change) -> [Bytes; 3] {
     head.push('\n');
     push_event_line(&mut head, event_name(change));
     head.push_str("data: ");
+    if json.len() < SHARED_BODY_MIN {
+        let mut block = Vec::with_capacity(head.len() + json.len() + 2);
+        block.extend_from_slice(head.as_bytes());
+        block.extend_from_slice(json.as_bytes());
+        block.extend_from_slice(b"\n\n");
+        return [Bytes::from(block), Bytes::new(), Bytes::new()];
+    }
     [
         Bytes::from(head),
         Bytes::from_owner(SharedJson(json)),
@@ -463,6 +481,42 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\"service_name\":\"web\""), "{text}");
+    }
+
+    #[test]
+    fn a_small_change_is_one_chunk_and_a_large_one_shares_its_body() {
+        let small = Change::new(
+            6,
+            6,
+            Timestamp(0),
+            pipeline::ChangeKind::MetricsUpdated {
+                service_name: "web".to_owned(),
+                metrics: None,
+            },
+        );
+        let chunks = change_chunks(&small);
+        let expected = format!("id: 6\nevent: metrics.updated\ndata: {}\n\n", small.json());
+        assert_eq!(&chunks[0][..], expected.as_bytes());
+        assert!(chunks[1].is_empty() && chunks[2].is_empty());
+
+        // A name long enough to push the body past the copy limit.
+        let large = Change::new(
+            7,
+            7,
+            Timestamp(0),
+            pipeline::ChangeKind::MetricsUpdated {
+                service_name: "w".repeat(SHARED_BODY_MIN),
+                metrics: None,
+            },
+        );
+        let chunks = change_chunks(&large);
+        assert!(chunks[0].starts_with(b"id: 7\nevent: metrics.updated\ndata: "));
+        assert_eq!(
+            chunks[1].as_ptr(),
+            large.json().as_ptr(),
+            "the body is the change's own rendering, not a copy"
+        );
+        assert_eq!(&chunks[2][..], b"\n\n");
     }
 
     #[test]
