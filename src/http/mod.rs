@@ -39,6 +39,7 @@ pub mod render;
 pub mod route;
 pub mod server;
 pub mod sse;
+pub mod streams;
 pub mod tls;
 pub mod ui;
 pub mod write_deadline;

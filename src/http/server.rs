@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::HttpConfig;
 use super::handler::Api;
+use super::streams::ConnectionStreams;
 use super::write_deadline::WriteDeadline;
 use super::{tls, ApiState, HttpError};
 use crate::telemetry::HttpMetrics;
 
-type Builder = auto::Builder<TokioExecutor>;
+type Builder = auto::Builder<ConnectionStreams>;
 
 /// How long a dead HTTP/2 peer may leave a keep-alive ping unanswered.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,8 +32,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after a failed accept (for example: out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-fn connection_builder(config: &HttpConfig) -> Builder {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// One per connection: its executor runs the connection's HTTP/2 streams in its own task.
+fn connection_builder(config: &HttpConfig, streams: ConnectionStreams) -> Builder {
+    let mut builder = auto::Builder::new(streams);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -81,7 +83,7 @@ pub async fn serve(
     // subscription each.
     let revisions = state.registry.watch_revision();
     let api = Arc::new(Api::new(&config, state, revisions, shutdown.clone()));
-    let builder = Arc::new(connection_builder(&config));
+    let config = Arc::new(config);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
     if let Ok(addr) = listener.local_addr() {
@@ -113,7 +115,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let api = api.clone();
-        let builder = builder.clone();
+        let config = config.clone();
         let tls = tls.clone();
         let handshake_timeout = config.header_read_timeout;
         let write_timeout = config.write_timeout;
@@ -133,10 +135,10 @@ pub async fn serve(
             // Below TLS, so a handshake to a client that reads nothing is bounded too.
             let stream = WriteDeadline::new(stream, write_timeout, api.metrics().clone());
             match tls {
-                None => serve_io(TokioIo::new(stream), &builder, api, watcher).await,
+                None => serve_io(TokioIo::new(stream), &config, api, watcher).await,
                 Some(acceptor) => match handshake(&acceptor, stream, handshake_timeout).await {
                     Some(stream) => {
-                        serve_io(TokioIo::new(stream), &builder, api, watcher).await;
+                        serve_io(TokioIo::new(stream), &config, api, watcher).await;
                     }
                     None => drop(watcher),
                 },
@@ -181,7 +183,7 @@ where
     }
 }
 
-async fn serve_io<I>(io: I, builder: &Builder, api: Arc<Api>, watcher: Watcher)
+async fn serve_io<I>(io: I, config: &HttpConfig, api: Arc<Api>, watcher: Watcher)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -189,8 +191,10 @@ where
         let api = api.clone();
         async move { Ok::<_, Infallible>(api.handle(request).await) }
     });
+    let streams = ConnectionStreams::default();
+    let builder = connection_builder(config, streams.clone());
     let connection = builder.serve_connection(io, service);
-    if let Err(error) = watcher.watch(connection).await {
+    if let Err(error) = streams.drive(watcher.watch(connection)).await {
         tracing::debug!(%error, "connection ended with an error");
     }
 }
