@@ -1743,6 +1743,8 @@ async fn run(settings: Settings) {
             "release"
         }
     ));
+    // Each curve's file holds the heading and its own tables; stdout gets everything.
+    let heading = report.clone();
     if settings.runs("services") {
         let mut rows = Vec::new();
         for &n in &settings.services {
@@ -1752,7 +1754,7 @@ async fn run(settings: Settings) {
         write(
             &settings.out,
             "scale-services.md",
-            &format!("{report}{tables}"),
+            &format!("{heading}{tables}"),
         );
         report.push_str(&tables);
         report.push('\n');
@@ -1769,7 +1771,7 @@ async fn run(settings: Settings) {
         write(
             &settings.out,
             "scale-subscribers.md",
-            &format!("{report}{table}"),
+            &format!("{heading}{table}"),
         );
         report.push_str(&table);
         write_subscriber_charts(&settings.out, &rows);
