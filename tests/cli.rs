@@ -5,9 +5,12 @@
 //! against the test bed's Swarm (skipped without one unless SWARM_REGISTRY_REQUIRE_DOCKER=1).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/swarm.rs"]
 mod swarm_support;
 
+use process::free_port;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
@@ -55,14 +58,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A registry running in the background, killed on drop; stdout collected as it comes.

@@ -5,9 +5,12 @@
 //! URL secret, then `samples/down.sh cpu` leaving nothing of the stack behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/swarm.rs"]
 mod swarm;
 
+use process::free_port;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -62,12 +65,6 @@ fn stack_leftovers() -> Vec<String> {
         }
     }
     found
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// One HTTP/1.1 exchange over a fresh connection: (status, body). `None` when nothing

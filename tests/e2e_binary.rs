@@ -11,13 +11,14 @@
 mod broker_support;
 #[path = "common/http.rs"]
 mod http_support;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/swarm.rs"]
 mod swarm_support;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use process::{free_port, Captured};
+use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,29 +45,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(15);
 /// stats the slow streaming way, about 2 s per container, as the old registry did).
 const SAMPLE_BOUND: Duration = Duration::from_secs(5);
 
-/// Output of a child, collected by reader threads so the pipes never fill up.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn follow(&self, mut pipe: impl Read + Send + 'static) -> JoinHandle<()> {
-        let sink = self.0.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// The running binary. Dropping it kills the process; a failing test prints what it wrote.
 struct Binary {
     child: Child,
@@ -74,12 +52,6 @@ struct Binary {
     stdout: Captured,
     stderr: Captured,
     readers: Vec<JoinHandle<()>>,
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// A label prefix no other test (or run) uses.

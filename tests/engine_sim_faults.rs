@@ -11,12 +11,12 @@
 
 #[path = "common/http.rs"]
 mod http_support;
+#[path = "common/process.rs"]
+mod process;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use process::{free_port, Captured};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use engine_sim::{ChurnStep, Fault, Scenario, Sim, SimHandle};
@@ -28,43 +28,12 @@ use tokio::time::Instant;
 /// fails (a bound on waiting, not a measured figure).
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Output of the child, gathered by reader threads so its pipes never fill up.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn follow(&self, mut pipe: impl Read + Send + 'static) -> JoinHandle<()> {
-        let sink = self.0.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// The registry binary as a child process, against one simulated engine.
 struct RegistryProcess {
     child: Child,
     addr: SocketAddr,
     stdout: Captured,
     stderr: Captured,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl RegistryProcess {

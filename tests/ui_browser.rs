@@ -13,10 +13,13 @@
 mod browser;
 #[path = "common/http.rs"]
 mod http_support;
+#[path = "common/process.rs"]
+mod process;
 #[path = "common/swarm.rs"]
 mod swarm_support;
 
-use std::net::{SocketAddr, TcpListener};
+use process::free_port;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -102,14 +105,6 @@ impl Drop for RegistryProcess {
         }
         let _ = std::fs::remove_file(&self.log);
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Where test artifacts go: the target directory.

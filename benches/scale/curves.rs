@@ -487,15 +487,7 @@ fn follow_engine_events(
         assert_eq!(response.status(), 200, "the engine's GET /events");
         let mut body = response.into_body();
         let mut buffer: Vec<u8> = Vec::new();
-        loop {
-            let frame = tokio::select! {
-                _ = stop.cancelled() => break,
-                frame = body.frame() => frame,
-            };
-            let Some(Ok(frame)) = frame else { break };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
+        while let Some(data) = next_data(&mut body, &stop).await {
             buffer.extend_from_slice(&data);
             while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=end).collect();
@@ -550,15 +542,7 @@ fn observe_changes(
         let mut body = response.into_body();
         let mut buffer: Vec<u8> = Vec::new();
         let mut seen = Vec::new();
-        loop {
-            let frame = tokio::select! {
-                _ = stop.cancelled() => break,
-                frame = body.frame() => frame,
-            };
-            let Some(Ok(frame)) = frame else { break };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
+        while let Some(data) = next_data(&mut body, &stop).await {
             let received_nano = epoch_nanos();
             buffer.extend_from_slice(&data);
             while let Some(end) = find_blank_line(&buffer) {
@@ -588,6 +572,20 @@ fn observe_changes(
         }
         seen
     })
+}
+
+/// The body's next DATA bytes (other frames skipped); `None` once it ends, fails, or `stop`
+/// fires.
+async fn next_data(body: &mut Incoming, stop: &CancellationToken) -> Option<Bytes> {
+    loop {
+        let frame = tokio::select! {
+            _ = stop.cancelled() => return None,
+            frame = body.frame() => frame,
+        };
+        if let Ok(data) = frame?.ok()?.into_data() {
+            return Some(data);
+        }
+    }
 }
 
 fn find_blank_line(buffer: &[u8]) -> Option<usize> {
@@ -1072,15 +1070,7 @@ async fn subscriber_loop(
 ) -> Arrivals {
     let mut buffer: Vec<u8> = Vec::new();
     let mut seen = Vec::new();
-    loop {
-        let frame = tokio::select! {
-            _ = stop.cancelled() => break,
-            frame = body.frame() => frame,
-        };
-        let Some(Ok(frame)) = frame else { break };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
+    while let Some(data) = next_data(&mut body, &stop).await {
         let now = epoch_nanos();
         buffer.extend_from_slice(&data);
         while let Some(end) = find_blank_line(&buffer) {

@@ -53,10 +53,6 @@ impl ConnectionStreams {
             opened: self,
         }
     }
-
-    fn take_opened(&self) -> Vec<BoxFuture<'static, ()>> {
-        std::mem::take(&mut *self.opened.lock().unwrap_or_else(PoisonError::into_inner))
-    }
 }
 
 /// A connection and its streams as one future; see [`ConnectionStreams::drive`].
@@ -85,13 +81,22 @@ impl<C: Future> Future for WithStreams<C> {
         // wakes this task, which then polls the connection to write it. Past
         // INLINE_STREAMS open at once (event-stream subscribers multiplexed on one
         // connection), more go to the runtime, so such a connection uses every worker.
-        for stream in this.opened.take_opened() {
+        // The queue keeps its capacity: no allocation per batch of streams. Only this task
+        // pushes to it (hyper opens streams while this task polls the connection), so the
+        // lock is never contended.
+        let mut opened = this
+            .opened
+            .opened
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for stream in opened.drain(..) {
             if this.streams.len() < INLINE_STREAMS {
                 this.streams.push(stream);
             } else {
                 tokio::spawn(stream);
             }
         }
+        drop(opened);
         while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
         if this.streams.is_empty() {
             if let Some(out) = this.result.take() {
