@@ -5,7 +5,7 @@
 # Usage: samples/deploy.sh <cpu|memory> [image] [tag]
 #
 #   cpu     stack autoscale-cpu (samples/swarm-stack-cpu.yml): services web and worker,
-#           threshold 50 %, between 2 and 5 replicas; the worker keeps its CPU busy.
+#           threshold 50 %, between 2 and 5 replicas; the worker spins at its 0.75 CPU limit.
 #   memory  stack autoscale-memory (samples/swarm-stack-memory.yml): service hog holding about
 #           100 MB of a 256 MiB limit, autoscaler.memory.limit_bytes=268435456.
 #   image, tag  the registry image (default: $SUITE_IMAGE or swarm-registry, $SUITE_TAG or

@@ -37,6 +37,8 @@ struct Bed {
     duplicates_ignored: usize,
     down: bool,
     hang_connect: bool,
+    /// Every connection attempt takes this long before it answers.
+    connect_takes: Option<Duration>,
     connects: usize,
     send_faults: VecDeque<SendFault>,
     hang_all_sends: bool,
@@ -89,9 +91,15 @@ impl StreamBroker for FakeBroker {
     fn connect(&mut self) -> BoxFuture<'_, Result<Connected, BrokerError>> {
         let shared = self.0.clone();
         Box::pin(async move {
-            let hang = shared.lock().unwrap().hang_connect;
+            let (hang, takes) = {
+                let bed = shared.lock().unwrap();
+                (bed.hang_connect, bed.connect_takes)
+            };
             if hang {
                 std::future::pending::<()>().await;
+            }
+            if let Some(takes) = takes {
+                tokio::time::sleep(takes).await;
             }
             let mut bed = shared.lock().unwrap();
             if bed.down {
@@ -585,6 +593,37 @@ async fn shutdown_does_not_wait_for_a_hanging_connection_attempt() {
     // Only the flush's own attempt is waited for: one timeout, not what is left of the first
     // attempt on top of it.
     assert!(asked.elapsed() <= timeout, "{:?}", asked.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broker_slower_to_connect_than_the_timeout_is_still_reached() {
+    let broker = FakeBroker::default();
+    let timeout = Duration::from_secs(5);
+    // A booting or CPU-starved broker: every attempt needs more than the timeout.
+    broker.bed().connect_takes = Some(timeout * 3);
+    let registry = registry();
+    let running = start(
+        &broker,
+        &registry,
+        Tuning {
+            timeout,
+            ..tuning()
+        },
+    );
+    feed(&registry, some_inputs(2)).await;
+    let last = registry.snapshot().revision;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while broker.stored_ids().last().is_none_or(|id| *id < last) {
+        assert!(
+            Instant::now() < deadline,
+            "never connected; last error: {:?}",
+            running.state.last_error.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop().await;
+    assert_eq!(broker.stored_ids(), run_ids(&registry));
+    assert_eq!(broker.bed().connects, 1, "one attempt got through");
 }
 
 #[tokio::test]

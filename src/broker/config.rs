@@ -160,7 +160,7 @@ pub const RABBITMQ_BATCH_SIZE: Setting =
 pub const RABBITMQ_TIMEOUT_MS: Setting = Setting::new(
     "RABBITMQ_TIMEOUT_MS",
     "5000",
-    "bound on connecting and on each batch's confirms",
+    "bound on each batch's confirms and on a connection attempt (doubled after an attempt that runs out of time, up to 8x)",
 );
 pub const RABBITMQ_RECONNECT_MIN_MS: Setting = Setting::new(
     "RABBITMQ_RECONNECT_MIN_MS",

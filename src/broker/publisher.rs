@@ -133,6 +133,7 @@ impl<B: StreamBroker> Publisher<B> {
     /// registry stops and everything is confirmed. Broker failures are never fatal.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.tuning.reconnect_min, self.tuning.reconnect_max);
+        let mut connect_limit = ConnectLimit::new(self.tuning.timeout);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -145,10 +146,11 @@ impl<B: StreamBroker> Publisher<B> {
             let attempt = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                attempt = tokio::time::timeout(self.tuning.timeout, self.broker.connect()) => attempt,
+                attempt = tokio::time::timeout(connect_limit.current(), self.broker.connect()) => attempt,
             };
             let result = match attempt {
                 Ok(Ok(connected)) => {
+                    connect_limit.succeeded();
                     let since = Instant::now();
                     let result = match self.on_connected(connected) {
                         Ok(()) => self.publish_while_connected(&shutdown).await,
@@ -165,7 +167,7 @@ impl<B: StreamBroker> Publisher<B> {
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(BrokerError::Timeout {
                     operation: "connecting",
-                    after: self.tuning.timeout,
+                    after: connect_limit.timed_out(),
                 }),
             };
             match result {
@@ -483,6 +485,45 @@ impl<B: StreamBroker> Publisher<B> {
 
 /// Fails when the broker's mark for the producer (`broker_last`) is above every id this
 /// process sent (`sent_up_to`): only another writer can have put it there.
+/// How long one connection attempt may take. It starts at the broker timeout and doubles
+/// after each attempt that ran out of time, up to [`ConnectLimit::GROWTH`] times the timeout,
+/// then falls back after a success. Connecting opens several connections (environment, query,
+/// producer) and declares the stream; a broker that is still booting, or starved of CPU, can
+/// take longer for all of that than the timeout at every attempt, and a fixed limit would then
+/// cut every attempt short and never connect.
+#[derive(Debug, Clone, Copy)]
+struct ConnectLimit {
+    base: Duration,
+    current: Duration,
+}
+
+impl ConnectLimit {
+    /// The longest limit, as a multiple of the timeout (40 s at the default 5 s).
+    const GROWTH: u32 = 8;
+
+    fn new(base: Duration) -> Self {
+        ConnectLimit {
+            base,
+            current: base,
+        }
+    }
+
+    fn current(&self) -> Duration {
+        self.current
+    }
+
+    /// The attempt took the whole limit: returns that limit and raises the next one.
+    fn timed_out(&mut self) -> Duration {
+        let spent = self.current;
+        self.current = (spent * 2).min(self.base * Self::GROWTH).max(self.base);
+        spent
+    }
+
+    fn succeeded(&mut self) {
+        self.current = self.base;
+    }
+}
+
 fn check_mark(broker_last: u64, sent_up_to: u64) -> Result<(), BrokerError> {
     if broker_last > sent_up_to {
         return Err(BrokerError::AnotherWriter {
@@ -506,5 +547,20 @@ async fn next_update(updates: &mut Option<Subscription>) -> Option<Update> {
     match updates {
         Some(updates) => updates.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectLimit;
+    use std::time::Duration;
+
+    #[test]
+    fn the_connect_limit_doubles_after_timeouts_up_to_its_cap_and_falls_back() {
+        let mut limit = ConnectLimit::new(Duration::from_secs(5));
+        let spent: Vec<u64> = (0..6).map(|_| limit.timed_out().as_secs()).collect();
+        assert_eq!(spent, [5, 10, 20, 40, 40, 40]);
+        limit.succeeded();
+        assert_eq!(limit.current(), Duration::from_secs(5));
     }
 }
