@@ -24,6 +24,11 @@ pub enum Input {
     Upsert(ServiceSpec),
     /// A service that no longer exists, by id.
     Remove { id: String },
+    /// A registered service's running task count moved (the engine saw one of its task
+    /// containers start or die) while its spec stayed as last folded. Ignored for a service
+    /// not registered. Only the count travels, so the source need not keep whole specs to
+    /// say it.
+    RunningTasks { service_id: String, running: u64 },
     /// A metrics sample for a service, by id; `None` when it has no running task to sample.
     Metrics {
         service_id: String,
@@ -154,6 +159,13 @@ impl Folder {
                 }
                 observe_contact(&mut next, at, &mut out);
             }
+            Input::RunningTasks {
+                service_id,
+                running,
+            } => {
+                services_changed |= set_running(&mut next, service_id, *running, &mut out);
+                observe_contact(&mut next, at, &mut out);
+            }
             Input::Metrics {
                 service_id,
                 metrics,
@@ -245,6 +257,33 @@ fn remove(next: &mut Snapshot, id: &str, name: &str, out: &mut Emitter) {
         id: id.to_owned(),
         name: name.to_owned(),
     });
+}
+
+/// Set a registered service's running task count. Returns whether anything changed.
+fn set_running(next: &mut Snapshot, service_id: &str, running: u64, out: &mut Emitter) -> bool {
+    let Some(prev) = next
+        .ids
+        .get(service_id)
+        .and_then(|name| next.services.get(name))
+        .cloned()
+    else {
+        return false;
+    };
+    if prev.entry.running_tasks == Some(running) {
+        return false;
+    }
+    let entry = ServiceEntry {
+        running_tasks: Some(running),
+        ..prev.entry.clone()
+    };
+    let record = Arc::new(ServiceRecord::new(entry, out.peek()));
+    next.services
+        .insert(Key::from(record.entry.name.as_str()), record.clone());
+    out.emit(ChangeKind::ServiceUpdated {
+        changed_fields: changed_fields(&prev.entry, &record.entry),
+        service: record,
+    });
+    true
 }
 
 fn set_metrics(next: &mut Snapshot, name: &str, metrics: Option<&Metrics>, out: &mut Emitter) {

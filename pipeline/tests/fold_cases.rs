@@ -107,6 +107,46 @@ fn added_updated_removed_carry_the_contract_bodies() {
 }
 
 #[test]
+fn a_running_count_moves_only_that_field_of_a_registered_service() {
+    let s0 = Snapshot::empty(100, 16, Timestamp(0));
+    let (s1, _) = fold(
+        &s0,
+        Input::Upsert(spec("a1", "web", &[ON], 4)),
+        1_700_000_000_000,
+    );
+    let running = |service_id: &str, running| Input::RunningTasks {
+        service_id: service_id.to_owned(),
+        running,
+    };
+    let (s2, out) = fold(&s1, running("a1", 3), 1_700_000_001_000);
+    let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["service.updated", "services.updated"]);
+    assert_eq!(out[0].1["changed_fields"], json!(["running_tasks"]));
+    assert_eq!(out[0].1["service"]["running_tasks"], 3);
+    assert_eq!(out[0].1["service"]["version"], 4);
+    let web = s2.service("web").unwrap();
+    assert_eq!(web.entry.running_tasks, Some(3));
+    assert_eq!(web.revision, s1.revision + 1);
+    assert_eq!(s2.revision, s1.revision + 2);
+
+    // The same count again, or a service not registered: nothing.
+    let (s3, out) = fold(&s2, running("a1", 3), 1_700_000_002_000);
+    assert!(out.is_empty(), "{out:?}");
+    let (s4, out) = fold(&s3, running("unknown", 1), 1_700_000_003_000);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(s4.revision, s2.revision);
+
+    // A later spec from the engine carries its own count.
+    let (s5, out) = fold(
+        &s4,
+        Input::Upsert(spec("a1", "web", &[ON], 4)),
+        1_700_000_004_000,
+    );
+    assert_eq!(out[0].1["changed_fields"], json!(["running_tasks"]));
+    assert_eq!(s5.service("web").unwrap().entry.running_tasks, Some(2));
+}
+
+#[test]
 fn metrics_are_keyed_by_service_and_dropped_with_it() {
     let s0 = Snapshot::empty(0, 16, Timestamp(0));
     let (s1, _) = fold(&s0, Input::Upsert(spec("a1", "web", &[ON], 1)), 1_000);

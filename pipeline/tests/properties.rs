@@ -97,6 +97,10 @@ fn input_strategy() -> impl Strategy<Value = Input> {
         3 => full_list().prop_map(Input::FullList),
         5 => any_spec().prop_map(Input::Upsert),
         2 => (0u8..5, 0u8..2).prop_map(|(s, g)| Input::Remove { id: format!("id{s}g{g}") }),
+        2 => ((0u8..5, 0u8..2), 0u64..4).prop_map(|((s, g), running)| Input::RunningTasks {
+            service_id: format!("id{s}g{g}"),
+            running,
+        }),
         2 => ((0u8..5, 0u8..2), metrics_strategy()).prop_map(|((s, g), metrics)| Input::Metrics {
             service_id: format!("id{s}g{g}"),
             metrics,

@@ -32,8 +32,11 @@ pub const SETTLED_AFTER: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 struct Counted {
-    /// The service as the engine last reported it (the manager's own count).
-    reported: ServiceSpec,
+    /// The running count the engine last reported for the service (the manager's own).
+    /// Only the count is kept, not the spec: a step folds as a new count
+    /// ([`pipeline::Input::RunningTasks`]), and a spec per service here would double the
+    /// source's memory at scale.
+    reported: Option<u64>,
     /// Container starts minus deaths the manager had not counted at that report.
     uncounted: i64,
     /// When the oldest of those steps happened.
@@ -41,16 +44,14 @@ struct Counted {
 }
 
 impl Counted {
-    /// The service with its running count as the events say it is.
-    fn current(&self) -> ServiceSpec {
-        let mut spec = self.reported.clone();
-        if let Some(reported) = spec.running_tasks {
+    /// The running count as the events say it is.
+    fn current(&self) -> Option<u64> {
+        self.reported.map(|reported| {
             let running = i64::try_from(reported)
                 .unwrap_or(i64::MAX)
                 .saturating_add(self.uncounted);
-            spec.running_tasks = Some(u64::try_from(running).unwrap_or(0));
-        }
-        spec
+            u64::try_from(running).unwrap_or(0)
+        })
     }
 }
 
@@ -71,7 +72,7 @@ impl RunningCounts {
 
     /// An inspect or a list reported `spec` at `now`: the spec to fold, its running count
     /// including the container steps the manager has still not counted.
-    pub fn reported(&mut self, spec: ServiceSpec, now: Instant) -> ServiceSpec {
+    pub fn reported(&mut self, mut spec: ServiceSpec, now: Instant) -> ServiceSpec {
         let (mut uncounted, mut since) = (0, None);
         if let Some(prev) = self.services.get(&spec.id) {
             if prev
@@ -80,7 +81,7 @@ impl RunningCounts {
             {
                 uncounted = prev.uncounted;
                 since = prev.since;
-                let moved = match (prev.reported.running_tasks, spec.running_tasks) {
+                let moved = match (prev.reported, spec.running_tasks) {
                     (Some(old), Some(new)) => {
                         i64::try_from(new).unwrap_or(i64::MAX)
                             - i64::try_from(old).unwrap_or(i64::MAX)
@@ -99,24 +100,24 @@ impl RunningCounts {
             }
         }
         let counted = Counted {
-            reported: spec,
+            reported: spec.running_tasks,
             uncounted,
             since,
         };
-        let current = counted.current();
-        self.services.insert(current.id.clone(), counted);
-        current
+        spec.running_tasks = counted.current();
+        match self.services.get_mut(spec.id.as_str()) {
+            Some(known) => *known = counted,
+            None => {
+                self.services.insert(spec.id.clone(), counted);
+            }
+        }
+        spec
     }
 
     /// A container of a task of `service_id` started (`step` 1) or died (`step` -1) on the
-    /// engine at `now`. The spec to fold with the new count, or `None` for a service never
-    /// reported (or removed).
-    pub fn container_step(
-        &mut self,
-        service_id: &str,
-        step: i64,
-        now: Instant,
-    ) -> Option<ServiceSpec> {
+    /// engine at `now`. The running count to fold, or `None` for a service never reported
+    /// (or removed), or reported without a count.
+    pub fn container_step(&mut self, service_id: &str, step: i64, now: Instant) -> Option<u64> {
         let counted = self.services.get_mut(service_id)?;
         if counted
             .since
@@ -134,13 +135,12 @@ impl RunningCounts {
         // A death the manager's count no longer includes was counted already.
         let reported = counted
             .reported
-            .running_tasks
             .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
         counted.uncounted = counted.uncounted.max(-reported);
         if counted.uncounted == 0 {
             counted.since = None;
         }
-        Some(counted.current())
+        counted.current()
     }
 
     /// When the next service is due for a settling inspect, if any may be.
@@ -209,17 +209,13 @@ mod tests {
         }
     }
 
-    fn running(spec: Option<ServiceSpec>) -> Option<u64> {
-        spec.and_then(|s| s.running_tasks)
-    }
-
     #[test]
     fn container_events_move_the_count_before_the_manager_does() {
         let t0 = Instant::now();
         let mut c = RunningCounts::new();
         assert_eq!(c.reported(spec("a", 0), t0).running_tasks, Some(0));
-        assert_eq!(running(c.container_step("a", 1, t0)), Some(1));
-        assert_eq!(running(c.container_step("a", 1, t0)), Some(2));
+        assert_eq!(c.container_step("a", 1, t0), Some(1));
+        assert_eq!(c.container_step("a", 1, t0), Some(2));
         // The manager has not counted them yet.
         assert_eq!(c.reported(spec("a", 0), t0).running_tasks, Some(2));
         // It counted one, then both: never counted twice.
@@ -227,7 +223,7 @@ mod tests {
         assert_eq!(c.reported(spec("a", 2), t0).running_tasks, Some(2));
         // From now on its reports are the count.
         assert_eq!(c.reported(spec("a", 3), t0).running_tasks, Some(3));
-        assert_eq!(running(c.container_step("a", -1, t0)), Some(2));
+        assert_eq!(c.container_step("a", -1, t0), Some(2));
         assert_eq!(c.reported(spec("a", 3), t0).running_tasks, Some(2));
         assert_eq!(c.reported(spec("a", 2), t0).running_tasks, Some(2));
         assert_eq!(c.reported(spec("a", 1), t0).running_tasks, Some(1));
@@ -238,12 +234,12 @@ mod tests {
         let t0 = Instant::now();
         let mut c = RunningCounts::new();
         c.reported(spec("a", 2), t0);
-        assert_eq!(running(c.container_step("a", 1, t0)), Some(3));
+        assert_eq!(c.container_step("a", 1, t0), Some(3));
         // A task on another node died; our start is still uncounted.
         assert_eq!(c.reported(spec("a", 1), t0).running_tasks, Some(2));
         // A restart here: died and started again, nothing uncounted on balance.
-        assert_eq!(running(c.container_step("a", -1, t0)), Some(1));
-        assert_eq!(running(c.container_step("a", 1, t0)), Some(2));
+        assert_eq!(c.container_step("a", -1, t0), Some(1));
+        assert_eq!(c.container_step("a", 1, t0), Some(2));
     }
 
     #[test]
@@ -254,7 +250,7 @@ mod tests {
         c.container_step("a", 1, t0);
         let late = t0 + SETTLED_AFTER;
         assert_eq!(c.reported(spec("a", 1), late).running_tasks, Some(1));
-        assert_eq!(running(c.container_step("a", -1, late)), Some(0));
+        assert_eq!(c.container_step("a", -1, late), Some(0));
     }
 
     #[test]
@@ -265,7 +261,7 @@ mod tests {
         c.reported(spec("b", 1), t0);
         assert_eq!(c.next_settle(), None);
         // A replayed start the manager had counted already: counted twice for now.
-        assert_eq!(running(c.container_step("a", 1, t0)), Some(2));
+        assert_eq!(c.container_step("a", 1, t0), Some(2));
         let t1 = t0 + Duration::from_secs(1);
         c.container_step("b", 1, t1);
         // A report that counted b's step: nothing left to settle for b.
@@ -304,11 +300,11 @@ mod tests {
         assert!(c.is_empty());
         // Never below zero, and a service without counts keeps none.
         c.reported(spec("d", 0), t0);
-        assert_eq!(running(c.container_step("d", -1, t0)), Some(0));
-        assert_eq!(running(c.container_step("d", 1, t0)), Some(1));
+        assert_eq!(c.container_step("d", -1, t0), Some(0));
+        assert_eq!(c.container_step("d", 1, t0), Some(1));
         let mut bare = spec("e", 0);
         bare.running_tasks = None;
         c.reported(bare, t0);
-        assert_eq!(running(c.container_step("e", 1, t0)), None);
+        assert_eq!(c.container_step("e", 1, t0), None);
     }
 }

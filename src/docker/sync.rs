@@ -378,8 +378,12 @@ impl<E: Engine> SyncLoop<E> {
                 self.on_contact();
             }
             Step::Container { service_id, step } => {
-                if let Some(spec) = self.counts.container_step(&service_id, step, now) {
-                    self.submit(Input::Upsert(spec)).await?;
+                if let Some(running) = self.counts.container_step(&service_id, step, now) {
+                    self.submit(Input::RunningTasks {
+                        service_id,
+                        running,
+                    })
+                    .await?;
                 }
             }
             Step::Listed { specs, request } => {
