@@ -224,6 +224,13 @@ med = statistics.median
 def ratio(x, y):
     return x / y if y else float("nan")
 print(f"\n== summary: ratios are {a_name}/{b_name}, per round, and their median")
+print("A round where either side failed, or (fixed rate) did not hold the rate, is listed but left")
+print("out of the medians: its ratio compares unlike loads.")
+def median_line(values):
+    valid = [v for v in values if v == v]  # NaN marks a round left out
+    if not valid:
+        return "no valid round"
+    return f"**{med(valid):.3f}** of {len(valid)} of {len(values)} rounds"
 for (p, proto, mode), rounds in groups.items():
     print(f"\nGET {p}, {proto}, {mode}")
     if mode == "throughput":
@@ -232,27 +239,39 @@ for (p, proto, mode), rounds in groups.items():
         ratios = []
         for rnd, order, a, b, load in rounds:
             x, y = float(a[0]) if a else 0.0, float(b[0]) if b else 0.0
-            ratios.append(ratio(x, y))
-            print(f"| {rnd} | {order} | {x:,.0f} | {y:,.0f} | {ratios[-1]:.3f} | {load} |")
-        xs = [float(r[2][0]) for r in rounds if r[2]]
-        ys = [float(r[3][0]) for r in rounds if r[3]]
-        print(f"| median | | {med(xs):,.0f} | {med(ys):,.0f} | **{med(ratios):.3f}** | |")
+            valid = x > 0 and y > 0
+            ratios.append(ratio(x, y) if valid else float("nan"))
+            shown = f"{ratios[-1]:.3f}" if valid else "left out: a side failed"
+            print(f"| {rnd} | {order} | {x:,.0f} | {y:,.0f} | {shown} | {load} |")
+        xs = [float(r[2][0]) for r in rounds if r[2]] or [0.0]
+        ys = [float(r[3][0]) for r in rounds if r[3]] or [0.0]
+        print(f"| median | | {med(xs):,.0f} | {med(ys):,.0f} | {median_line(ratios)} | |")
     else:
         print(f"| round | order | {a_name} req/s, p50 / p90 / p99 / p99.9 / max us | "
               f"{b_name} req/s, p50 / p90 / p99 / p99.9 / max us | p50 ratio | p99 ratio | load avg |")
         print("|---|---|---|---|---|---|---|")
         p50s, p99s = [], []
+        def held(v):
+            return bool(v) and float(v[0]) >= 0.95 * rate
         def cell(v):
-            rate_reached = float(v[0])
-            mark = "" if rate_reached >= 0.95 * rate else " (**rate not held**)"
-            return f"{rate_reached:,.0f}{mark}: " + " / ".join(f"{int(x):,}" for x in v[1:])
+            if not v:
+                return "failed"
+            mark = "" if held(v) else " (**rate not held**)"
+            return f"{float(v[0]):,.0f}{mark}: " + " / ".join(f"{int(float(x)):,}" for x in v[1:])
         for rnd, order, a, b, load in rounds:
-            a, b = [float(x) for x in a], [float(x) for x in b]
-            p50s.append(ratio(a[1], b[1]))
-            p99s.append(ratio(a[3], b[3]))
-            print(f"| {rnd} | {order} | {cell(a)} | {cell(b)} | {p50s[-1]:.3f} | {p99s[-1]:.3f} | {load} |")
+            valid = held(a) and held(b)
+            if valid:
+                fa, fb = [float(x) for x in a], [float(x) for x in b]
+                p50s.append(ratio(fa[1], fb[1]))
+                p99s.append(ratio(fa[3], fb[3]))
+                shown = f"{p50s[-1]:.3f} | {p99s[-1]:.3f}"
+            else:
+                p50s.append(float("nan"))
+                p99s.append(float("nan"))
+                shown = "left out | left out"
+            print(f"| {rnd} | {order} | {cell(a)} | {cell(b)} | {shown} | {load} |")
         def medians(side):
-            cols = list(zip(*[[float(x) for x in r[side]] for r in rounds]))
-            return [med(c) for c in cols]
-        print(f"| median | | {cell(medians(2))} | {cell(medians(3))} | **{med(p50s):.3f}** | **{med(p99s):.3f}** | |")
+            rows = [[float(x) for x in r[side]] for r in rounds if r[side]]
+            return [med(c) for c in zip(*rows)] if rows else []
+        print(f"| median | | {cell(medians(2))} | {cell(medians(3))} | {median_line(p50s)} | {median_line(p99s)} | |")
 PY
