@@ -234,17 +234,7 @@ impl Folder {
                 remove(next, &holder.entry.id, &holder.entry.name, out);
             }
         }
-        let record = Arc::new(ServiceRecord::new(entry, out.peek()));
-        let name = Key::from(spec.name.as_str());
-        next.services.insert(name.clone(), record.clone());
-        next.ids.insert(Key::from(spec.id.as_str()), name);
-        match previous {
-            Some(prev) => out.emit(ChangeKind::ServiceUpdated {
-                changed_fields: changed_fields(&prev.entry, &record.entry),
-                service: record,
-            }),
-            None => out.emit(ChangeKind::ServiceAdded { service: record }),
-        }
+        store(next, entry, previous.as_deref(), out);
         true
     }
 }
@@ -276,14 +266,29 @@ fn set_running(next: &mut Snapshot, service_id: &str, running: u64, out: &mut Em
         running_tasks: Some(running),
         ..prev.entry.clone()
     };
-    let record = Arc::new(ServiceRecord::new(entry, out.peek()));
-    next.services
-        .insert(Key::from(record.entry.name.as_str()), record.clone());
-    out.emit(ChangeKind::ServiceUpdated {
-        changed_fields: changed_fields(&prev.entry, &record.entry),
-        service: record,
-    });
+    store(next, entry, Some(&prev), out);
     true
+}
+
+/// Put `entry` in the snapshot under its name and id, and emit it as added, or as updated
+/// from `previous` (the record it replaces under the same name).
+fn store(
+    next: &mut Snapshot,
+    entry: ServiceEntry,
+    previous: Option<&ServiceRecord>,
+    out: &mut Emitter,
+) {
+    let record = Arc::new(ServiceRecord::new(entry, out.peek()));
+    let name = Key::from(record.entry.name.as_str());
+    next.services.insert(name.clone(), record.clone());
+    next.ids.insert(Key::from(record.entry.id.as_str()), name);
+    match previous {
+        Some(prev) => out.emit(ChangeKind::ServiceUpdated {
+            changed_fields: changed_fields(&prev.entry, &record.entry),
+            service: record,
+        }),
+        None => out.emit(ChangeKind::ServiceAdded { service: record }),
+    }
 }
 
 fn set_metrics(next: &mut Snapshot, name: &str, metrics: Option<&Metrics>, out: &mut Emitter) {
