@@ -12,4 +12,5 @@ pub mod control;
 pub mod docker;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod telemetry;

@@ -393,8 +393,13 @@ impl<E: Engine> SyncLoop<E> {
                     .collect();
                 let ids: HashSet<&str> = specs.iter().map(|s| s.id.as_str()).collect();
                 self.counts.keep_only(&ids);
+                let listed = specs.len();
                 let submitted = self.submit(Input::FullList(specs)).await?;
                 self.counters.full_lists.fetch_add(1, Ordering::Relaxed);
+                if listed >= crate::memory::TRIM_AFTER_LIST_OF {
+                    // The list's parse and its fold are freed by now.
+                    tokio::task::spawn_blocking(crate::memory::return_free_pages);
+                }
                 self.on_contact();
                 if matches!(request.reason, ListReason::Poll | ListReason::Recount)
                     && self.events.is_some()
