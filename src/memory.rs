@@ -9,7 +9,7 @@
 //! (`MADV_DONTNEED`), whatever lies around it, so resident memory follows what is live.
 //!
 //! Measured at 10,000 services (BENCHMARKS.md, "Scale curves"): resident memory above the
-//! empty registry about 7.7 KiB per service without the trim, 5.3 with it. A fixed mmap
+//! empty registry about 7.7 KiB per service without the trim, 5.7 with it. A fixed mmap
 //! threshold (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072`) brings it to 4.1, since the
 //! megabyte buffers of a rendered list are then returned whole when freed; it is left to the
 //! operator, as it costs a fresh mapping per rendering: GET /services at 10,000 services under

@@ -483,8 +483,6 @@ impl<B: StreamBroker> Publisher<B> {
     }
 }
 
-/// Fails when the broker's mark for the producer (`broker_last`) is above every id this
-/// process sent (`sent_up_to`): only another writer can have put it there.
 /// How long one connection attempt may take. It starts at the broker timeout and doubles
 /// after each attempt that ran out of time, up to [`ConnectLimit::GROWTH`] times the timeout,
 /// then falls back after a success. Connecting opens several connections (environment, query,
@@ -524,6 +522,8 @@ impl ConnectLimit {
     }
 }
 
+/// Fails when the broker's mark for the producer (`broker_last`) is above every id this
+/// process sent (`sent_up_to`): only another writer can have put it there.
 fn check_mark(broker_last: u64, sent_up_to: u64) -> Result<(), BrokerError> {
     if broker_last > sent_up_to {
         return Err(BrokerError::AnotherWriter {
