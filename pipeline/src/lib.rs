@@ -22,7 +22,8 @@ pub mod snapshot;
 
 pub use change::{Change, ChangeKind};
 pub use driver::{
-    clock_floor, Driver, Registry, RegistryConfig, RegistryStopped, Submitted, Subscription, Update,
+    clock_floor, Driver, Registry, RegistryConfig, RegistryStopped, Submitted, Subscription,
+    Update, CATCH_UP_BATCH,
 };
 pub use fold::{Folder, Input, Transition};
 pub use labels::LabelRules;

@@ -137,6 +137,13 @@ impl Snapshot {
     /// Every change after `seq`, oldest first, or why they cannot be had. Asking for the
     /// current revision gives an empty list: the caller is up to date.
     pub fn changes_since(&self, seq: u64) -> Result<Vec<Arc<Change>>, HistoryGone> {
+        self.changes_after(seq, usize::MAX)
+    }
+
+    /// The first `limit` changes after `seq`, oldest first, or why they cannot be had. A
+    /// subscriber catching up takes the log a batch at a time this way, so what it holds is
+    /// bounded by the batch rather than by how far behind it fell.
+    pub fn changes_after(&self, seq: u64, limit: usize) -> Result<Vec<Arc<Change>>, HistoryGone> {
         if seq > self.revision {
             return Err(HistoryGone::Future {
                 requested: seq,
@@ -160,7 +167,10 @@ impl Snapshot {
         if wanted > self.log.capacity() as u64 {
             return Err(evicted());
         }
-        (seq + 1..=self.revision)
+        let last = self
+            .revision
+            .min(seq.saturating_add(u64::try_from(limit).unwrap_or(u64::MAX)));
+        (seq + 1..=last)
             .map(|s| self.log.get(s).ok_or_else(evicted))
             .collect()
     }

@@ -240,6 +240,48 @@ async fn a_lagging_subscriber_is_caught_up_from_the_log() {
 }
 
 #[tokio::test]
+async fn a_subscriber_far_behind_takes_the_log_a_batch_at_a_time_without_gap() {
+    // A subscription that stopped asking the log for the rest would wait for the broadcast
+    // forever: fail instead of hanging.
+    async fn within<T>(next: impl Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), next)
+            .await
+            .expect("the next change never came")
+    }
+    let registry = registry(10_000, 4);
+    let (snapshot, mut sub) = registry.subscribe();
+    let mut expected = snapshot.revision + 1;
+    for round in 0..3u64 {
+        // Far behind: 600 changes while it reads nothing.
+        for i in 0..300 {
+            registry
+                .submit(Input::Upsert(spec(i % 7, round * 1000 + i + 1)))
+                .await
+                .unwrap();
+        }
+        // Read part of the way, with more changes arriving in between.
+        for _ in 0..250 {
+            assert_eq!(within(next_change(&mut sub)).await.seq, expected);
+            expected += 1;
+            assert!(sub.held() <= pipeline::CATCH_UP_BATCH, "{}", sub.held());
+        }
+    }
+    let end = registry.snapshot().revision;
+    while expected <= end {
+        assert_eq!(within(next_change(&mut sub)).await.seq, expected);
+        expected += 1;
+        assert!(sub.held() <= pipeline::CATCH_UP_BATCH, "{}", sub.held());
+    }
+    assert_eq!(sub.resets(), 0);
+    // And live again afterwards.
+    registry
+        .submit(Input::Upsert(spec(1, 9_999)))
+        .await
+        .unwrap();
+    assert_eq!(within(next_change(&mut sub)).await.seq, end + 1);
+}
+
+#[tokio::test]
 async fn a_subscriber_behind_the_log_gets_a_reset_then_live_changes() {
     let registry = registry(8, 4);
     let (_, mut sub) = registry.subscribe();
