@@ -251,6 +251,43 @@ async fn resuming_replays_exactly_the_missed_changes_in_order() {
 }
 
 #[tokio::test]
+async fn a_reset_larger_than_one_piece_arrives_whole_over_both_protocols() {
+    let options = Options {
+        log_capacity: 4,
+        ..Options::default()
+    };
+    let server = TestServer::start(options).await;
+    // About 150 KB of services: the reset is given in several pieces.
+    let specs: Vec<_> = (0..300).map(|i| spec(&format!("svc-{i:03}"))).collect();
+    server.list(specs).await;
+    let old = server.registry.snapshot().revision;
+    for i in 0..10 {
+        server.metrics("svc-007", Some(sample(f64::from(i)))).await;
+    }
+    let mut cpu = 9.0;
+    for protocol in PROTOCOLS {
+        let client = server.client(protocol);
+        let mut stream = client
+            .events("/events/stream", &[("last-event-id", &old.to_string())])
+            .await;
+        let reset = stream.next().await.unwrap();
+        assert_eq!(reset.event, "reset", "{protocol:?}");
+        let body = reset.json();
+        assert_eq!(body["services_count"], 300, "{protocol:?}");
+        let expected: Vec<String> = (0..300).map(|i| format!("svc-{i:03}")).collect();
+        assert_eq!(names(&reset), expected, "{protocol:?}");
+        assert_eq!(body["metrics"]["svc-007"]["cpu_pct"].as_f64(), Some(cpu));
+        assert_eq!(reset.id, Some(server.registry.snapshot().revision));
+        // And the stream goes on after it.
+        cpu += 1.0;
+        server.metrics("svc-007", Some(sample(cpu))).await;
+        let next = stream.next().await.unwrap();
+        assert_eq!(next.event, "metrics.updated", "{protocol:?}");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn ids_the_log_cannot_answer_get_a_reset_with_a_snapshot() {
     let options = Options {
         log_capacity: 4,

@@ -32,6 +32,15 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after a failed accept (for example: out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// What one HTTP/2 stream may hold written but not yet sent. hyper takes a body's next chunk
+/// as soon as less than this is buffered, and a client advertising large windows but reading
+/// slowly (its socket full) leaves everything buffered here: at hyper's default of 400 KiB,
+/// 10,000 event-stream subscribers that fell behind held 1.4 GB (BENCHMARKS.md, "Scale
+/// curves"). One DATA frame's worth keeps a stream busy while a slow one stops taking changes,
+/// and its subscription then falls behind and catches up as designed. A single larger chunk
+/// (a list body) is still sent whole.
+const STREAM_SEND_BUFFER: usize = 16 * 1024;
+
 /// One per connection: its executor runs the connection's HTTP/2 streams in its own task.
 fn connection_builder(config: &HttpConfig, streams: ConnectionStreams) -> Builder {
     let mut builder = auto::Builder::new(streams);
@@ -45,6 +54,7 @@ fn connection_builder(config: &HttpConfig, streams: ConnectionStreams) -> Builde
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.http2_max_streams)
+        .max_send_buf_size(STREAM_SEND_BUFFER)
         .keep_alive_interval(config.http2_keepalive)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
