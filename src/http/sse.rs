@@ -156,6 +156,8 @@ pub struct SnapshotEvent {
     reason: Option<String>,
     timestamp: i64,
     next: Part,
+    /// Metrics entries written so far (each after the first is preceded by a comma).
+    metrics_count: usize,
     /// Services written so far (the body's `services_count` comes after them).
     services_count: usize,
 }
@@ -198,6 +200,7 @@ impl SnapshotEvent {
             reason,
             timestamp: now.epoch_seconds(),
             next: Part::Head,
+            metrics_count: 0,
             services_count: 0,
         }
     }
@@ -221,66 +224,47 @@ impl SnapshotEvent {
                 }
                 Part::Metrics(after) => {
                     let snapshot = self.snapshot.clone();
-                    let mut last = after.clone();
-                    for (name, record) in entries_after(&snapshot.metrics, after.as_ref()) {
-                        if out.len() >= SNAPSHOT_PIECE_BYTES {
-                            break;
+                    let more = write_entries(
+                        &mut out,
+                        &snapshot.metrics,
+                        after,
+                        filter,
+                        &mut self.metrics_count,
+                        |out, name, record| {
+                            write_json(out, &**name);
+                            out.push(b':');
+                            write_json(out, record.metrics.as_ref());
+                        },
+                    );
+                    self.next = match more {
+                        Some(last) => Part::Metrics(Some(last)),
+                        None => {
+                            out.extend_from_slice(b"},");
+                            if let Some(reason) = &self.reason {
+                                out.extend_from_slice(b"\"reason\":");
+                                write_json(&mut out, reason);
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(b"\"revision\":");
+                            out.extend_from_slice(snapshot.revision.to_string().as_bytes());
+                            out.extend_from_slice(b",\"services\":[");
+                            Part::Services(None)
                         }
-                        last = Some(name.clone());
-                        if !filter.admits_service(name) {
-                            continue;
-                        }
-                        if out.last() != Some(&b'{') {
-                            out.push(b',');
-                        }
-                        write_json(&mut out, &**name);
-                        out.push(b':');
-                        write_json(&mut out, record.metrics.as_ref());
-                    }
-                    self.next = if out.len() >= SNAPSHOT_PIECE_BYTES
-                        && entries_after(&snapshot.metrics, last.as_ref())
-                            .next()
-                            .is_some()
-                    {
-                        Part::Metrics(last)
-                    } else {
-                        out.extend_from_slice(b"},");
-                        if let Some(reason) = &self.reason {
-                            out.extend_from_slice(b"\"reason\":");
-                            write_json(&mut out, reason);
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(b"\"revision\":");
-                        out.extend_from_slice(self.snapshot.revision.to_string().as_bytes());
-                        out.extend_from_slice(b",\"services\":[");
-                        Part::Services(None)
                     };
                 }
                 Part::Services(after) => {
                     let snapshot = self.snapshot.clone();
-                    let mut last = after.clone();
-                    for (name, record) in entries_after(&snapshot.services, after.as_ref()) {
-                        if out.len() >= SNAPSHOT_PIECE_BYTES {
-                            break;
-                        }
-                        last = Some(name.clone());
-                        if !filter.admits_service(name) {
-                            continue;
-                        }
-                        if self.services_count > 0 {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(record.json().get().as_bytes());
-                        self.services_count += 1;
-                    }
-                    self.next = if out.len() >= SNAPSHOT_PIECE_BYTES
-                        && entries_after(&snapshot.services, last.as_ref())
-                            .next()
-                            .is_some()
-                    {
-                        Part::Services(last)
-                    } else {
-                        Part::Tail
+                    let more = write_entries(
+                        &mut out,
+                        &snapshot.services,
+                        after,
+                        filter,
+                        &mut self.services_count,
+                        |out, _, record| out.extend_from_slice(record.json().get().as_bytes()),
+                    );
+                    self.next = match more {
+                        Some(last) => Part::Services(Some(last)),
+                        None => Part::Tail,
                     };
                 }
                 Part::Tail => {
@@ -296,6 +280,33 @@ impl SnapshotEvent {
         }
         (!out.is_empty()).then(|| Bytes::from(out))
     }
+}
+
+/// Write the entries of `map` after `after` that `filter` admits, comma-separated (`written`
+/// counts them across pieces), until `out` holds a piece. Returns the name to resume after
+/// when entries are left, `None` once the map is done.
+fn write_entries<V: Clone>(
+    out: &mut Vec<u8>,
+    map: &imbl::OrdMap<Key, V>,
+    after: Option<Key>,
+    filter: &EventFilter,
+    written: &mut usize,
+    write: impl Fn(&mut Vec<u8>, &Key, &V),
+) -> Option<Key> {
+    let mut entries = entries_after(map, after.as_ref()).peekable();
+    while let Some((name, value)) = entries.next() {
+        if filter.admits_service(name) {
+            if *written > 0 {
+                out.push(b',');
+            }
+            write(out, name, value);
+            *written += 1;
+        }
+        if out.len() >= SNAPSHOT_PIECE_BYTES && entries.peek().is_some() {
+            return Some(name.clone());
+        }
+    }
+    None
 }
 
 /// The entries of a map keyed by service name after `after` (all of them for `None`).
