@@ -10,12 +10,10 @@ mod process;
 #[path = "common/swarm.rs"]
 mod swarm_support;
 
-use process::free_port;
+use process::{free_port, Captured};
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -63,24 +61,14 @@ fn text(bytes: &[u8]) -> String {
 /// A registry running in the background, killed on drop; stdout collected as it comes.
 struct Running {
     child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
+    stdout: Captured,
 }
 
 impl Running {
     fn start(env: &[(&str, &str)]) -> Running {
         let mut child = command(&[], env).spawn().unwrap();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let sink = stdout.clone();
-        let mut pipe = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
+        let stdout = Captured::default();
+        stdout.follow(child.stdout.take().unwrap());
         Running { child, stdout }
     }
 
@@ -104,7 +92,7 @@ impl Running {
     }
 
     fn stdout(&self) -> String {
-        text(&self.stdout.lock().unwrap())
+        self.stdout.text()
     }
 }
 

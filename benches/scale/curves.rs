@@ -29,9 +29,12 @@
 //! build of the registry to run).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/common/process.rs"]
+mod process;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,6 +50,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use process::{free_port, Captured};
 
 /// Streams per HTTP/2 connection (the registry allows HTTP2_MAX_STREAMS = 1024 by default).
 const STREAMS_PER_CONNECTION: usize = 1000;
@@ -148,7 +153,7 @@ impl Settings {
 /// A child process killed when dropped; what it wrote to stderr is kept for failures.
 struct Process {
     child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Captured,
 }
 
 impl Process {
@@ -157,8 +162,7 @@ impl Process {
     }
 
     fn stderr_tail(&self) -> String {
-        let all = self.stderr.lock().unwrap();
-        let text = String::from_utf8_lossy(&all);
+        let text = self.stderr.text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
@@ -192,21 +196,13 @@ impl Drop for Process {
     }
 }
 
-fn capture_stderr(child: &mut Child) -> Arc<Mutex<Vec<u8>>> {
-    let sink = Arc::new(Mutex::new(Vec::new()));
-    if let Some(mut pipe) = child.stderr.take() {
-        let sink = sink.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
+/// What the child writes to stderr, gathered as it comes.
+fn capture_stderr(child: &mut Child) -> Captured {
+    let stderr = Captured::default();
+    if let Some(pipe) = child.stderr.take() {
+        stderr.follow(pipe);
     }
-    sink
+    stderr
 }
 
 /// The simulated engine's binary: `SWARM_ENGINE_SIM`, else beside this program's profile
@@ -285,15 +281,6 @@ fn start_engine(services: usize, churn: f64, seed: u64) -> Engine {
 struct Registry {
     process: Process,
     addr: SocketAddr,
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_registry(engine: &Engine, max_connections: usize) -> Registry {
